@@ -26,11 +26,11 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from daemon.docker_env import DockerEnv, connect, instance_name  # noqa: E402
-from daemon.engine import Engine, RunConfig  # noqa: E402
-from daemon.loader import load  # noqa: E402
-from daemon.model import BASE_IMAGE  # noqa: E402
+from daemon.engine.run import Engine, RunConfig  # noqa: E402
+from daemon.sandbox.docker.env import DockerEnv, connect, instance_name  # noqa: E402
 from daemon.store import Store  # noqa: E402
+from daemon.tasks.loader import load  # noqa: E402
+from daemon.tasks.model import BASE_IMAGE  # noqa: E402
 
 TEST_SH = "#!/bin/bash\nmkdir -p /logs/verifier\necho 1 > /logs/verifier/reward.txt\n"
 

@@ -41,8 +41,8 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from daemon.hub import Hub  # noqa: E402
-from daemon.process import Daemon, Options, read_token, run_daemon  # noqa: E402
+from daemon.serving.hub import Hub  # noqa: E402
+from daemon.serving.process import Daemon, Options, read_token, run_daemon  # noqa: E402
 from protocol.events import ErrorEvent, TBTaskOutput  # noqa: E402
 
 END = "bench-end"

@@ -186,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from client.connection import DaemonUnavailable
-    from daemon.docker_env import DockerError
-    from daemon.model import LoadError
+    from daemon.sandbox.docker.env import DockerError
+    from daemon.tasks.model import LoadError
     from protocol.rpc import RpcError
 
     parser = build_parser()

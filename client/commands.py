@@ -75,7 +75,7 @@ def _talk(fn: Callable[[Connection], Awaitable[int]], args: argparse.Namespace, 
 
 # -- daemon ----------------------------------------------------------------------------------
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from daemon import process
+    from daemon.serving import process
 
     options = process.Options(listen=args.listen, allow_remote=args.allow_remote)
     try:
@@ -101,7 +101,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def _daemon_status(args: argparse.Namespace) -> int:
-    from daemon import process
+    from daemon.serving import process
 
     status = process.read_status()
     if status is None:

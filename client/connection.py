@@ -31,7 +31,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from daemon.server import FrameTooLarge, LineReader
+from daemon.serving.transports import FrameTooLarge, LineReader
 from protocol import EVENT_TYPES, Event, event_from_wire
 from protocol.events import ErrorEvent
 from protocol.rpc import RpcError
@@ -198,7 +198,7 @@ async def open_connection(url: str | None = None, token: str | None = None, *,
 
 
 async def _connect_unix(autostart: bool) -> _Transport:
-    from daemon import process
+    from daemon.serving import process
 
     path = str(process.socket_path())
     try:
@@ -221,7 +221,7 @@ async def _connect_unix(autostart: bool) -> _Transport:
 async def _connect_ws(stack: contextlib.AsyncExitStack, url: str,
                       token: str | None) -> _Transport:
     if token is None:
-        from daemon import process
+        from daemon.serving import process
 
         try:
             token = process.token_path().read_text().strip()

@@ -15,11 +15,11 @@ import trio
 from client.cli import BadInput, task_ids
 from client.render import Progress
 from daemon.agents import make_agent
-from daemon.docker_env import DockerEnv, connect, instance_name
-from daemon.engine import Engine, RunConfig
-from daemon.loader import load
+from daemon.engine.run import Engine, RunConfig
 from daemon.paths import data_dir
+from daemon.sandbox.docker.env import DockerEnv, connect, instance_name
 from daemon.store import Store
+from daemon.tasks.loader import load
 from protocol import RunReport
 
 

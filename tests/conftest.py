@@ -15,8 +15,8 @@ import docker
 import pytest
 import trio
 
-from daemon.docker_env import LABEL, DockerEnv, instance_name
-from daemon.engine import Engine
+from daemon.engine.run import Engine
+from daemon.sandbox.docker.env import LABEL, DockerEnv, instance_name
 from daemon.store import Store
 from protocol import Event
 
@@ -32,7 +32,7 @@ def docker_client() -> docker.DockerClient:
         client.ping()
     except docker.errors.DockerException as exc:
         pytest.fail(f"no Docker engine answers ({exc}); run `bash .ci/setup` first")
-    from daemon.baseimage import ensure_base_image
+    from daemon.sandbox.docker.baseimage import ensure_base_image
 
     ensure_base_image(client)
     return client

@@ -26,9 +26,9 @@ import docker
 import docker.errors
 import pytest
 
-from daemon import baseimage
-from daemon.baseimage import BaseImageError, ensure_base_image
-from daemon.model import BASE_IMAGE
+from daemon.sandbox.docker import baseimage
+from daemon.sandbox.docker.baseimage import BaseImageError, ensure_base_image
+from daemon.tasks.model import BASE_IMAGE
 
 pytestmark = pytest.mark.docker
 
@@ -102,8 +102,9 @@ def test_second_call_is_a_cache_hit(client, base_image):
 
 
 def test_cli_reports_the_cached_image(base_image):
-    proc = subprocess.run([sys.executable, "-m", "daemon.baseimage"], capture_output=True,
-                          text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.run([sys.executable, "-m", "daemon.sandbox.docker.baseimage"],
+                          capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == BASE_IMAGE
 

@@ -12,10 +12,10 @@ import docker
 import pytest
 import trio
 
-from daemon.claude_agent import MISSING_CLAUDE, claude_argv, result_note
-from daemon.claude_stream import Final, testgen_instruction
-from daemon.engine import RunConfig
-from daemon.loader import load
+from daemon.agents.claude_code import MISSING_CLAUDE, claude_argv, result_note
+from daemon.agents.claude_stream import Final, testgen_instruction
+from daemon.engine.run import RunConfig
+from daemon.tasks.loader import load
 from protocol import converter
 from protocol.events import (
     AgentMessage,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.claude_stream import (
+from daemon.agents.claude_stream import (
     OUTPUT_LIMIT,
     TASK_BEGIN,
     TASK_END,

@@ -17,10 +17,10 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from daemon.hub import Frame, Hub, Outbox
-from daemon.process import Daemon, Options, read_token, run_daemon
-from daemon.server import MAX_FRAME, UnixTransport, serve_connection
-from daemon.service import Service
+from daemon.serving.hub import Frame, Hub, Outbox
+from daemon.serving.process import Daemon, Options, read_token, run_daemon
+from daemon.serving.service import Service
+from daemon.serving.transports import MAX_FRAME, UnixTransport, serve_connection
 from daemon.store import Store
 from protocol import EVENT_TYPES, camel, event_from_wire
 from protocol.events import TBTaskOutput

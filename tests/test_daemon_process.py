@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from client.connection import Connection, open_connection
-from daemon import process
+from daemon.serving import process
 from protocol import event_from_wire
 from protocol.events import Event, TBRunComplete, TBTaskComplete, TBTaskOutput
 from tests.conftest import ROOT, TBHUD, make_task, our_containers, run_cli

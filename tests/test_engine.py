@@ -7,8 +7,8 @@ from pathlib import Path
 
 import trio
 
-from daemon.engine import RunConfig
-from daemon.loader import load
+from daemon.engine.run import RunConfig
+from daemon.tasks.loader import load
 from protocol.events import (
     ContainerStart,
     ContainerStop,

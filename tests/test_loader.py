@@ -1,4 +1,4 @@
-"""daemon.loader: TB2 task directories, datasets and suite JSON files -> Suite.
+"""daemon.tasks.loader: TB2 task directories, datasets and suite JSON files -> Suite.
 
 No Docker here: fixtures are written under tmp_path, and the generated verifier scripts are
 run with the host's bash (TBHUD_VERIFIER_LOGS points them at a temporary log directory).
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.loader import load
-from daemon.model import BASE_IMAGE, LoadError
+from daemon.tasks.loader import load
+from daemon.tasks.model import BASE_IMAGE, LoadError
 
 FULL_TOML = """\
 version = "1.0"

@@ -27,12 +27,12 @@ import attrs
 import trio
 
 from daemon.agents import make_agent
-from daemon.docker_env import DockerEnv, DockerError, connect, instance_name
-from daemon.engine import Engine, RunConfig, new_run_id
-from daemon.hub import Hub
-from daemon.loader import load
-from daemon.model import LoadError, Suite, TaskSpec
+from daemon.engine.run import Engine, RunConfig, new_run_id
+from daemon.sandbox.docker.env import DockerEnv, DockerError, connect, instance_name
+from daemon.serving.hub import Hub
 from daemon.store import Store
+from daemon.tasks.loader import load
+from daemon.tasks.model import LoadError, Suite, TaskSpec
 from protocol import Event, RunReport
 from protocol.events import (
     ContainerStart,

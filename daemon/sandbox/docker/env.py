@@ -25,7 +25,7 @@ import docker
 import docker.errors
 import trio
 
-from daemon.model import BASE_IMAGE, Environment, TaskSpec
+from daemon.tasks.model import BASE_IMAGE, Environment, TaskSpec
 
 LABEL = "tbhud"  # every container we make carries tbhud=<instance>: one per data directory
 LABEL_PID = "tbhud.pid"  # the process that owns it: a container whose owner died is an orphan
@@ -199,7 +199,7 @@ class DockerEnv:
             return False
 
     async def ensure_base_image(self, log: Callable[[str], None]) -> None:
-        from daemon.baseimage import BaseImageError, ensure_base_image
+        from daemon.sandbox.docker.baseimage import BaseImageError, ensure_base_image
 
         if not await self.image_exists(BASE_IMAGE):
             log(f"building the base image {BASE_IMAGE} from Debian packages (once)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import attrs
 
-# The project's own base image, built from Debian packages by `daemon.baseimage`.
+# The project's own base image, built from Debian packages by `daemon.sandbox.docker.baseimage`.
 BASE_IMAGE = "tbhud/base:bookworm"
 
 DEFAULT_AGENT_TIMEOUT_SEC = 600.0  # Harbor leaves it unset; we never run unbounded.

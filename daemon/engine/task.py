@@ -1,175 +1,42 @@
-"""Run engine: runs a suite's tasks in Docker and reports everything it does as protocol events.
-
-    engine = Engine(store, emit, docker)
-    report = await engine.run(suite, tasks, RunConfig(...))   # nursery.start() gives the run id
-
-One task, one container: setup (image, container, files) -> agent -> verification -> teardown.
-The container is removed on every path out of a task: success, error, timeout, stop,
-Ctrl-C and cancellation. Stopping a run (`stop_run`) or a task (`stop_task`) records the
-stopped tasks as `error` ("stopped") and the run as `stopped`; cancelling `run()` from
-outside does the same before the cancellation goes on.
-"""
+"""One task of a run, from setup to teardown: its phases (setup, agent, verification) and
+the events that report them. The container is removed on every path out."""
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import secrets
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import attrs
 import trio
 
-from daemon.agents import INSTRUCTION_DIR, AgentContext, AgentError, AgentResult, make_agent
-from daemon.docker_env import DockerEnv, DockerError
-from daemon.model import DEFAULT_WORKDIR, Suite, TaskSpec
-from daemon.store import Store, now_iso
-from protocol import Event, RunReport, TaskResult
+from daemon.agents.base import INSTRUCTION_DIR, AgentContext, AgentError, AgentResult
+from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward
+from daemon.sandbox.docker.env import DockerError
+from daemon.tasks.model import DEFAULT_WORKDIR, TaskSpec
+from protocol import TaskResult
 from protocol.events import (
     ContainerStart,
     ContainerStats,
     ContainerStop,
     OutputSource,
     Phase,
-    TBRunComplete,
-    TBRunStart,
     TBTaskComplete,
     TBTaskOutput,
     TBTaskProgress,
     TBTaskStart,
 )
 
-VERIFIER_LOGS = "/logs/verifier"
+if TYPE_CHECKING:
+    from daemon.engine.run import Engine, RunConfig
+
 VERIFICATION_TAIL = 4000  # characters of verifier output carried in tb_task_complete
 TEARDOWN_GRACE_SEC = 30  # bound on the shielded clean-up of one task
-
-
-@attrs.frozen
-class RunConfig:
-    agent: str = "oracle"
-    agent_command: str | None = None
-    model: str | None = None
-    max_turns: int | None = None
-    concurrency: int = 1
-    timeout_multiplier: float = 1.0
-    # Replaces every task's agent timeout (the HUD's startTBRun `timeout`, seconds).
-    agent_timeout_sec: float | None = None
-    testgen: bool = True
-    # Live container CPU/memory for HUDs; `tbhud run` alone has nobody to show them to.
-    container_stats: bool = True
-
-    def __attrs_post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        if not (self.timeout_multiplier > 0 and math.isfinite(self.timeout_multiplier)):
-            raise ValueError("timeout multiplier must be a positive number")
-
-
-def new_run_id() -> str:
-    return f"tb-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
 def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
-@attrs.define
-class _Run:
-    run_id: str
-    stopping: bool = False
-    task_scopes: dict[str, trio.CancelScope] = attrs.Factory(dict)
-
-
-class Engine:
-    def __init__(self, store: Store, emit: Callable[[Event], None], docker: DockerEnv) -> None:
-        self.store = store
-        self.emit = emit
-        self.docker = docker
-        self.runs: dict[str, _Run] = {}
-
-    # -- steering --------------------------------------------------------------------------
-
-    def stop_run(self, run_id: str) -> bool:
-        run = self.runs.get(run_id)
-        if run is None:
-            return False
-        run.stopping = True  # tasks not started yet will not start
-        for scope in run.task_scopes.values():
-            scope.cancel()
-        return True
-
-    def stop_task(self, run_id: str, task_id: str) -> bool:
-        run = self.runs.get(run_id)
-        scope = run.task_scopes.get(task_id) if run else None
-        if scope is None:
-            return False
-        scope.cancel()
-        return True
-
-    # -- a run -----------------------------------------------------------------------------
-
-    async def run(self, suite: Suite, tasks: list[TaskSpec], config: RunConfig, *,
-                  run_id: str | None = None,
-                  task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> RunReport:
-        agent = make_agent(config.agent, command=config.agent_command, testgen=config.testgen)
-        run = _Run(run_id or new_run_id())
-        task_ids = [t.id for t in tasks]
-        timestamp = now_iso()
-        self.store.begin_run(run.run_id, suite_name=suite.name, suite_version=suite.version,
-                             suite_path=suite.path, agent=config.agent, task_ids=task_ids,
-                             timestamp=timestamp)
-        self.runs[run.run_id] = run
-        self.emit(TBRunStart(run_id=run.run_id, suite_name=suite.name,
-                             suite_version=suite.version, total_tasks=len(tasks),
-                             task_ids=task_ids, timestamp=timestamp, agent=config.agent,
-                             concurrency=config.concurrency))
-        task_status.started(run.run_id)
-        started = time.monotonic()
-        # Slots are taken in suite order before each task is spawned, so tasks start in the
-        # order given (trio does not promise FIFO among tasks waiting on a limiter).
-        slots = trio.Semaphore(config.concurrency)
-        finished = False
-        try:
-            async with trio.open_nursery() as nursery:
-                for index, task in enumerate(tasks):
-                    await slots.acquire()
-                    if run.stopping:
-                        slots.release()
-                        break  # the rest never start: no result, shown as not run
-                    # Registered before the task runs, so a stop in between reaches it too.
-                    scope = run.task_scopes[task.id] = trio.CancelScope()
-                    nursery.start_soon(self._task_slot, run, agent, task, index, len(tasks),
-                                       config, scope, slots)
-            finished = True
-        finally:
-            # Also on cancellation from outside (Ctrl-C, daemon shutdown): the run is stored
-            # as stopped and clients hear the end of it. (No await here: nothing to shield.)
-            status = "stopped" if run.stopping or not finished else "completed"
-            report = self.store.finish_run(run.run_id, status=status,
-                                           total_duration_ms=_ms(time.monotonic() - started))
-            self.emit(TBRunComplete(
-                run_id=run.run_id, pass_rate=report.pass_rate, passed=report.passed,
-                failed=report.failed, timeout=report.timeout, error=report.error,
-                total_duration_ms=report.total_duration_ms, status=status))
-            del self.runs[run.run_id]
-        return report
-
-    async def _task_slot(self, run: _Run, agent: Any, task: TaskSpec, index: int, total: int,
-                         config: RunConfig, scope: trio.CancelScope,
-                         slots: trio.Semaphore) -> None:
-        try:
-            await _TaskRun(self, run.run_id, agent, task, index, total, config, scope).run()
-        finally:
-            del run.task_scopes[task.id]
-            slots.release()
-
-
-class _TaskRun:
+class TaskRun:
     """One task from setup to teardown. Holds what its phases share."""
 
     def __init__(self, engine: Engine, run_id: str, agent: Any, task: TaskSpec, index: int,
@@ -392,44 +259,3 @@ class _TaskRun:
             tokens=result.tokens or 0, verification_output=tail,
             tests_passed=result.tests_passed, tests_total=result.tests_total,
             reward=result.reward, cost_usd=result.cost_usd, error=result.error))
-
-
-def read_reward(verifier_dir: Path) -> tuple[float | None, str]:
-    """The reward from reward.txt or reward.json, or None and why not."""
-    txt, js = verifier_dir / "reward.txt", verifier_dir / "reward.json"
-    if txt.is_file():
-        raw = txt.read_text(errors="replace").strip()
-        try:
-            return float(raw), ""
-        except ValueError:
-            return None, f"reward.txt does not hold a number: {raw[:80]!r}"
-    if js.is_file():
-        try:
-            data = json.loads(js.read_text(errors="replace"))
-        except json.JSONDecodeError as exc:
-            return None, f"reward.json is not JSON: {exc}"
-        if isinstance(data, int | float) and not isinstance(data, bool):
-            return float(data), ""
-        if isinstance(data, dict):
-            value = data.get("reward")
-            if value is None and len(data) == 1:
-                value = next(iter(data.values()))
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return float(value), ""
-        return None, "reward.json holds no numeric `reward`"
-    return None, "no reward: the verifier wrote neither reward.txt nor reward.json"
-
-
-def read_ctrf(path: Path) -> tuple[int | None, int | None]:
-    """Tests passed and total from a CTRF report, (None, None) when absent or unreadable."""
-    try:
-        summary = json.loads(path.read_text())["results"]["summary"]
-        return int(summary["passed"]), int(summary["tests"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, None
-
-
-def secret_env() -> dict[str, str]:
-    """Credentials an agent may need, from our own environment (never logged)."""
-    names = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_MODEL")
-    return {n: os.environ[n] for n in names if os.environ.get(n)}

@@ -7,16 +7,18 @@ The prompt (the instruction, wrapped in the TestGen workflow unless `testgen` is
 into the container as a file and read from stdin, and the command line reaches the CLI as
 separate argv elements: no shell ever parses anything that came from a task or a run.
 
-Credentials come from our own environment (`engine.secret_env()`) and go into the exec's
+Credentials come from our own environment (`secret_env()` below) and go into the exec's
 environment only. Every line the CLI prints is redacted before anything else sees it.
 """
 
 from __future__ import annotations
 
+import os
+
 import attrs
 
-from daemon.agents import INSTRUCTION_DIR, AgentContext, AgentError, AgentResult
-from daemon.claude_stream import (
+from daemon.agents.base import INSTRUCTION_DIR, AgentContext, AgentError, AgentResult
+from daemon.agents.claude_stream import (
     ClaudeStreamParser,
     Final,
     Item,
@@ -29,7 +31,6 @@ from daemon.claude_stream import (
     testgen_instruction,
     truncate_output,
 )
-from daemon.engine import secret_env
 from protocol.events import AgentMessage, ToolResult, ToolUse
 
 PROMPT_PATH = f"{INSTRUCTION_DIR}/prompt.md"
@@ -52,6 +53,12 @@ MISSING_CLAUDE = (
     "install it in a suite setup command (`npm install -g @anthropic-ai/claude-code`, which "
     "needs Node.js 18+ in the image)."
 )
+
+
+def secret_env() -> dict[str, str]:
+    """Credentials the CLI needs, from our own environment (never logged)."""
+    names = (*CREDENTIALS, "ANTHROPIC_MODEL")
+    return {n: os.environ[n] for n in names if os.environ.get(n)}
 
 
 def claude_argv(model: str | None, max_turns: int | None) -> list[str]:

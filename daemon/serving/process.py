@@ -36,10 +36,10 @@ from typing import Any
 import attrs
 import trio
 
-from daemon.hub import Hub
 from daemon.paths import data_dir, runtime_dir
-from daemon.server import serve_unix, serve_ws
-from daemon.service import Service
+from daemon.serving.hub import Hub
+from daemon.serving.service import Service
+from daemon.serving.transports import serve_unix, serve_ws
 from daemon.store import Store
 
 log = logging.getLogger("tbhud.daemon")

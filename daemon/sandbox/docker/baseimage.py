@@ -6,7 +6,7 @@ filesystem with the Docker SDK (the equivalent of `tar -c . | docker import -`).
 the data directory makes concurrent callers (threads or processes) wait for one build instead
 of each running debootstrap.
 
-    python -m daemon.baseimage [--image NAME] [--mirror URL]
+    python -m daemon.sandbox.docker.baseimage [--image NAME] [--mirror URL]
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from daemon.model import BASE_IMAGE
 from daemon.paths import data_dir
+from daemon.tasks.model import BASE_IMAGE
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -95,12 +95,13 @@ def _check_prerequisites() -> str:
         raise BaseImageError(
             "cannot build the base image: debootstrap is not installed "
             "(install it with `apt-get install debootstrap`, then run "
-            "`python -m daemon.baseimage` as root)"
+            "`python -m daemon.sandbox.docker.baseimage` as root)"
         )
     if os.geteuid() != 0:
         raise BaseImageError(
             "cannot build the base image: debootstrap must run as root "
-            "(run `sudo .venv/bin/python -m daemon.baseimage` once; later runs reuse the image)"
+            "(run `sudo .venv/bin/python -m daemon.sandbox.docker.baseimage` once; later runs "
+            "reuse the image)"
         )
     return debootstrap
 
@@ -255,7 +256,7 @@ def _remove_tree(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m daemon.baseimage",
+    parser = argparse.ArgumentParser(prog="python -m daemon.sandbox.docker.baseimage",
                                      description="Build tbhud's base image from Debian packages "
                                                  "(nothing happens when Docker already has it).")
     parser.add_argument("--image", default=BASE_IMAGE, help=f"image name (default {BASE_IMAGE})")

@@ -1,0 +1,43 @@
+"""The verdict: reward and CTRF counts read from what the verifier left in /logs/verifier."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+VERIFIER_LOGS = "/logs/verifier"
+
+
+def read_reward(verifier_dir: Path) -> tuple[float | None, str]:
+    """The reward from reward.txt or reward.json, or None and why not."""
+    txt, js = verifier_dir / "reward.txt", verifier_dir / "reward.json"
+    if txt.is_file():
+        raw = txt.read_text(errors="replace").strip()
+        try:
+            return float(raw), ""
+        except ValueError:
+            return None, f"reward.txt does not hold a number: {raw[:80]!r}"
+    if js.is_file():
+        try:
+            data = json.loads(js.read_text(errors="replace"))
+        except json.JSONDecodeError as exc:
+            return None, f"reward.json is not JSON: {exc}"
+        if isinstance(data, int | float) and not isinstance(data, bool):
+            return float(data), ""
+        if isinstance(data, dict):
+            value = data.get("reward")
+            if value is None and len(data) == 1:
+                value = next(iter(data.values()))
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value), ""
+        return None, "reward.json holds no numeric `reward`"
+    return None, "no reward: the verifier wrote neither reward.txt nor reward.json"
+
+
+def read_ctrf(path: Path) -> tuple[int | None, int | None]:
+    """Tests passed and total from a CTRF report, (None, None) when absent or unreadable."""
+    try:
+        summary = json.loads(path.read_text())["results"]["summary"]
+        return int(summary["passed"]), int(summary["tests"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None

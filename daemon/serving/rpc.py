@@ -1,0 +1,139 @@
+"""JSON-RPC 2.0 dispatch: one request text in, one response text out, over any transport.
+
+Requests are read strictly (the closed protocol): unknown members, methods or params get an
+error naming them; an exception of ours becomes INTERNAL_ERROR with its traceback in the log,
+and the connection stays up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from daemon.serving.hub import Frame, Outbox
+from daemon.serving.service import Service
+from protocol import structure, unstructure
+from protocol.converter import ProtocolError
+from protocol.rpc import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARAMS,
+    PARSE_ERROR,
+    HistoryResult,
+    RpcError,
+    StartRunResult,
+    StoppedResult,
+    SubscribeResult,
+    VersionResult,
+)
+
+log = logging.getLogger("tbhud.rpc")
+
+
+def error_text(id_: Any, code: int, message: str, data: object = None) -> str:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return json.dumps({"jsonrpc": "2.0", "id": id_, "error": error}, ensure_ascii=False)
+
+
+async def handle(text: str, box: Outbox, service: Service) -> str | None:
+    """One request -> the response text (None for a notification, which gets none)."""
+    try:
+        request = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return error_text(None, PARSE_ERROR, f"parse error: {exc}")
+    if not isinstance(request, dict):
+        what = "a batch (array)" if isinstance(request, list) else type(request).__name__
+        return error_text(None, INVALID_REQUEST,
+                           f"invalid request: expected a JSON-RPC 2.0 request object, got {what}")
+    id_ = request.get("id")
+    if not (id_ is None or (isinstance(id_, str | int | float) and not isinstance(id_, bool))):
+        return error_text(None, INVALID_REQUEST, "invalid request: `id` must be a string or "
+                           "a number")
+    if request.get("jsonrpc") != "2.0":
+        return error_text(id_, INVALID_REQUEST, 'invalid request: `jsonrpc` must be "2.0"')
+    method = request.get("method")
+    if not isinstance(method, str):
+        return error_text(id_, INVALID_REQUEST, "invalid request: `method` must be a string")
+    extra = set(request) - {"jsonrpc", "id", "method", "params"}
+    if extra:
+        return error_text(id_, INVALID_REQUEST,
+                           f"invalid request: unknown member(s) {', '.join(sorted(extra))}")
+    notification = "id" not in request
+    try:
+        result = await call(method, request.get("params"), box, service)
+    except RpcError as exc:
+        return None if notification else error_text(id_, exc.code, exc.message, exc.data)
+    except Exception as exc:  # a bug of ours: say so, keep the connection and the daemon
+        log.exception("%s: %s failed", box.name, method)
+        return None if notification else error_text(id_, INTERNAL_ERROR,
+                                                     f"internal error: {exc!r}")
+    if notification:
+        return None
+    return json.dumps({"jsonrpc": "2.0", "id": id_, "result": unstructure(result)},
+                      ensure_ascii=False, separators=(",", ":"))
+
+
+async def call(method: str, raw_params: Any, box: Outbox, service: Service) -> Any:
+    cls = PARAMS.get(method)
+    if cls is None:
+        raise RpcError(METHOD_NOT_FOUND, f"unknown method {method!r}; known: "
+                       f"{', '.join(PARAMS)}")
+    if raw_params is None:
+        raw_params = {}
+    if not isinstance(raw_params, dict):
+        raise RpcError(INVALID_PARAMS, "invalid params: expected an object of named params")
+    try:
+        params: Any = structure(raw_params, cls)
+    except ProtocolError as exc:
+        raise RpcError(INVALID_PARAMS, f"invalid params: {exc}") from exc
+    return await METHODS[method](service, box, params)
+
+
+async def _subscribe(service: Service, box: Outbox, _: Any) -> SubscribeResult:
+    service.hub.subscribe(box)
+    # First event: the run history, queued before any later event (and before this reply).
+    box.put_nowait(Frame.of(service.history_event()))
+    # Taken with no checkpoint since subscribing: exactly the state those events follow.
+    return SubscribeResult(subscribed=True, state=service.snapshot())
+
+
+async def _load(service: Service, _: Outbox, p: Any) -> Any:
+    await service.load_suite(p.path)
+    return service.suite
+
+
+async def _start(service: Service, _: Outbox, p: Any) -> StartRunResult:
+    return StartRunResult(run_id=await service.start_run(p))
+
+
+def _sync(fn: Callable[[Service, Any], Any]) -> Callable[[Service, Outbox, Any],
+                                                        Awaitable[Any]]:
+    async def method(service: Service, _: Outbox, params: Any) -> Any:
+        return fn(service, params)
+    return method
+
+
+async def _task_output(service: Service, _: Outbox, p: Any) -> Any:
+    return await service.task_output(p.run_id, p.task_id, p.tail)
+
+
+METHODS: dict[str, Callable[[Service, Outbox, Any], Awaitable[Any]]] = {
+    "loadTBSuite": _load,
+    "startTBRun": _start,
+    "stopTBRun": _sync(lambda s, p: StoppedResult(stopped=s.stop_run(p.run_id))),
+    "subscribe": _subscribe,
+    "getState": _sync(lambda s, p: s.snapshot()),
+    "getRunHistory": _sync(lambda s, p: HistoryResult(runs=s.store.list_runs(p.limit))),
+    "getRun": _sync(lambda s, p: s.require_run(p.run_id)),
+    "getTaskOutput": _task_output,
+    "stopTask": _sync(lambda s, p: StoppedResult(stopped=s.stop_task(p.run_id, p.task_id))),
+    "compareRuns": _sync(lambda s, p: s.compare(p.run_id, p.baseline_id)),
+    "version": _sync(lambda s, p: VersionResult(version=s.version)),
+}
+assert METHODS.keys() == PARAMS.keys()
