@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from daemon.engine.run import Engine, RunConfig  # noqa: E402
-from daemon.sandbox.docker.env import DockerEnv, connect, instance_name  # noqa: E402
+from daemon.sandbox.docker.provider import DockerSandboxes, connect, instance_name  # noqa: E402
 from daemon.store import Store  # noqa: E402
 from daemon.tasks.loader import load  # noqa: E402
 from daemon.tasks.model import BASE_IMAGE  # noqa: E402
@@ -49,8 +49,8 @@ def make_dataset(root: Path, n: int) -> Path:
 
 def run_tbhud(dataset: Path, home: Path) -> float:
     store = Store(home)
-    docker_env = DockerEnv(connect(), instance=instance_name(home))
-    engine = Engine(store, lambda _e: None, docker_env)
+    sandboxes = DockerSandboxes(connect(), instance=instance_name(home))
+    engine = Engine(store, lambda _e: None, sandboxes)
     suite = load(dataset)
     config = RunConfig(agent="nop", container_stats=False)
     started = time.perf_counter()

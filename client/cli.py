@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from client.connection import DaemonUnavailable
-    from daemon.sandbox.docker.env import DockerError
+    from daemon.sandbox import SandboxError
     from daemon.tasks.model import LoadError
     from protocol.rpc import RpcError
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BadInput, LoadError) as exc:
         print(f"tbhud: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (DockerError, DaemonUnavailable, RpcError) as exc:
+    except (SandboxError, DaemonUnavailable, RpcError) as exc:
         print(f"tbhud: {exc}", file=sys.stderr)
         return EXIT_NOT_ALL_PASSED
     except KeyboardInterrupt:

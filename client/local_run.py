@@ -17,7 +17,7 @@ from client.render import Progress
 from daemon.agents import make_agent
 from daemon.engine.run import Engine, RunConfig
 from daemon.paths import data_dir
-from daemon.sandbox.docker.env import DockerEnv, connect, instance_name
+from daemon.sandbox import open_local
 from daemon.store import Store
 from daemon.tasks.loader import load
 from protocol import RunReport
@@ -41,13 +41,13 @@ def run_locally(args: argparse.Namespace) -> RunReport:
     config = config_from_args(args, container_stats=False)
     home = data_dir()
     store = Store(home)
-    docker = DockerEnv(connect(), instance=instance_name(home))
-    docker.remove_orphans_sync()
     progress = Progress(verbose=args.verbose)
-    engine = Engine(store, progress, docker)
     holder: dict[str, RunReport] = {}
 
     async def main() -> None:
+        sandboxes = await open_local(home)
+        await sandboxes.remove_orphans()
+        engine = Engine(store, progress, sandboxes)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
 

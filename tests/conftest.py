@@ -16,7 +16,8 @@ import pytest
 import trio
 
 from daemon.engine.run import Engine
-from daemon.sandbox.docker.env import LABEL, DockerEnv, instance_name
+from daemon.sandbox.docker import DockerSandboxes, instance_name
+from daemon.sandbox.docker.provider import LABEL
 from daemon.store import Store
 from protocol import Event
 
@@ -66,8 +67,8 @@ class Rig:
 
     def __attrs_post_init__(self) -> None:
         self.store = Store(self.home)
-        docker_env = DockerEnv(self.client, instance=instance_name(self.home))
-        self.engine = Engine(self.store, self.emit, docker_env)
+        sandboxes = DockerSandboxes(self.client, instance=instance_name(self.home))
+        self.engine = Engine(self.store, self.emit, sandboxes)
 
     def emit(self, event: Event) -> None:
         self.events.append(event)

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import attrs
 
-from daemon.sandbox.docker.env import DockerEnv
+from daemon.sandbox import Sandbox
 from daemon.tasks.model import TaskSpec
 from protocol import Event
 
@@ -37,11 +37,9 @@ class AgentResult:
 
 @attrs.define
 class AgentContext:
-    docker: DockerEnv
-    container_id: str
+    sandbox: Sandbox
     task: TaskSpec
     run_id: str
-    workdir: str
     instruction: str
     # Output lines go to the agent log and to clients as tb_task_output(source="agent").
     output: Callable[[str], None]
@@ -57,10 +55,11 @@ class AgentContext:
 
     async def sh(self, script: str, environment: dict[str, str] | None = None) -> int:
         """Run a shell script as the task's agent user in the workdir, output to the log."""
-        return await self.docker.exec(
-            self.container_id, ["sh", "-c", script], user=self.task.agent_user,
-            workdir=self.workdir, environment=environment,
+        done = await self.sandbox.exec(
+            ["sh", "-c", script], user=self.task.agent_user, environment=environment,
             on_line=lambda _stream, line: self.output(line))
+        assert done.exit_code is not None  # no time limit given: it ran to its end
+        return done.exit_code
 
 
 class Agent(Protocol):

@@ -71,7 +71,7 @@ def claude_argv(model: str | None, max_turns: int | None) -> list[str]:
     return argv
 
 
-def result_note(final: Final | None, exit_code: int) -> str | None:
+def result_note(final: Final | None, exit_code: int | None) -> str | None:
     """What the agent reports when the session did not end well; None when it did."""
     if final is None:
         return f"claude-code: the CLI exited {exit_code} without a result"
@@ -92,23 +92,23 @@ class ClaudeCodeAgent:
     async def run(self, ctx: AgentContext) -> AgentResult:
         env = secret_env()
         secrets = [env[n] for n in CREDENTIALS if n in env]
-        user, cid = ctx.task.agent_user, ctx.container_id
+        user, sandbox = ctx.task.agent_user, ctx.sandbox
 
-        check = await ctx.docker.exec(cid, ["sh", "-c", "command -v claude"], user=user,
-                                      workdir=ctx.workdir, on_line=lambda _s, _l: None)
-        if check != 0:
+        check = await sandbox.exec(["sh", "-c", "command -v claude"], user=user,
+                                   on_line=lambda _s, _l: None)
+        if check.exit_code != 0:
             raise AgentError(MISSING_CLAUDE)
 
         prompt = testgen_instruction(ctx.instruction) if self.testgen else ctx.instruction
-        await ctx.docker.put_files(cid, {"prompt.md": prompt.encode()}, INSTRUCTION_DIR)
+        await sandbox.put_files({"prompt.md": prompt.encode()}, INSTRUCTION_DIR)
 
         parser = ClaudeStreamParser()
         session = _Session(ctx, parser, secrets)
-        code = await ctx.docker.exec(
-            cid, ["sh", "-c", RUN_SCRIPT, "sh", *claude_argv(ctx.model, ctx.max_turns)],
-            user=user, workdir=ctx.workdir, environment={**env, **SANDBOX_ENV},
-            on_line=session.on_line, max_line=STREAM_LINE_MAX)
-        note = result_note(parser.final, code)
+        done = await sandbox.exec(
+            ["sh", "-c", RUN_SCRIPT, "sh", *claude_argv(ctx.model, ctx.max_turns)],
+            user=user, environment={**env, **SANDBOX_ENV}, on_line=session.on_line,
+            max_line=STREAM_LINE_MAX)
+        note = result_note(parser.final, done.exit_code)
         return session.result(note=redact(note, secrets) if note else None)
 
 

@@ -26,11 +26,14 @@ turn is a distinct message id, not an `assistant` line.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
+
+log = logging.getLogger("tbhud.claude")
 
 INPUT_SUMMARY_LIMIT = 200  # characters of a tool's input shown in a ToolCall
 OUTPUT_LIMIT = 2000  # characters of a tool's output kept in a ToolOutput
@@ -183,9 +186,11 @@ class ClaudeStreamParser:
             return [Raw(text)]
         try:
             items = self._parse(obj)
-        except Exception:
-            # The handlers are written to tolerate any shape; this is the last guard so that
-            # a line we did not foresee can never stop the agent's output from being read.
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            # The handlers are written to tolerate any shape; a JSON shape they did not
+            # foresee still never stops the agent's output from being read: shown as is.
+            # (Anything else is a bug of ours and fails the task with its traceback logged.)
+            log.debug("claude-code: a stream-json line of an unforeseen shape", exc_info=True)
             return [Raw(text)]
         return [Raw(text)] if items is None else items
 

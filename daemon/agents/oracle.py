@@ -16,6 +16,6 @@ class OracleAgent:
     async def run(self, ctx: AgentContext) -> AgentResult:
         if "solve.sh" not in ctx.task.solution_files:
             raise AgentError(f"task {ctx.task.id} has no solution/solve.sh for the oracle agent")
-        await ctx.docker.put_files(ctx.container_id, ctx.task.solution_files, SOLUTION_DIR)
+        await ctx.sandbox.put_files(ctx.task.solution_files, SOLUTION_DIR)
         code = await ctx.sh(f"bash {SOLUTION_DIR}/solve.sh")
         return AgentResult(turns=0, note=None if code == 0 else f"solve.sh exited {code}")

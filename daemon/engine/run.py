@@ -1,10 +1,10 @@
-"""Run engine: runs a suite's tasks in Docker and reports everything it does as protocol events.
+"""Run engine: runs a suite's tasks in sandboxes and reports everything as protocol events.
 
-    engine = Engine(store, emit, docker)
+    engine = Engine(store, emit, sandboxes)   # sandboxes: a daemon.sandbox.SandboxProvider
     report = await engine.run(suite, tasks, RunConfig(...))   # nursery.start() gives the run id
 
-One task, one container: setup (image, container, files) -> agent -> verification -> teardown.
-The container is removed on every path out of a task: success, error, timeout, stop,
+One task, one sandbox (a container): setup (image, sandbox, files) -> agent -> verification
+-> teardown. The sandbox is removed on every path out of a task: success, error, timeout, stop,
 Ctrl-C and cancellation. Stopping a run (`stop_run`) or a task (`stop_task`) records the
 stopped tasks as `error` ("stopped") and the run as `stopped`; cancelling `run()` from
 outside does the same before the cancellation goes on.
@@ -24,7 +24,7 @@ import trio
 
 from daemon.agents import make_agent
 from daemon.engine.task import TaskRun, _ms
-from daemon.sandbox.docker.env import DockerEnv
+from daemon.sandbox import SandboxProvider
 from daemon.store import Store, now_iso
 from daemon.tasks.model import Suite, TaskSpec
 from protocol import Event, RunReport
@@ -64,10 +64,11 @@ class _Run:
 
 
 class Engine:
-    def __init__(self, store: Store, emit: Callable[[Event], None], docker: DockerEnv) -> None:
+    def __init__(self, store: Store, emit: Callable[[Event], None],
+                 sandboxes: SandboxProvider) -> None:
         self.store = store
         self.emit = emit
-        self.docker = docker
+        self.sandboxes = sandboxes
         self.runs: dict[str, _Run] = {}
 
     # -- steering --------------------------------------------------------------------------

@@ -3,6 +3,7 @@ the events that report them. The container is removed on every path out."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import IO, TYPE_CHECKING, Any
 
@@ -10,8 +11,8 @@ import trio
 
 from daemon.agents.base import INSTRUCTION_DIR, AgentContext, AgentError, AgentResult
 from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward
-from daemon.sandbox.docker.env import DockerError
-from daemon.tasks.model import DEFAULT_WORKDIR, TaskSpec
+from daemon.sandbox import Sandbox, SandboxError, Stats
+from daemon.tasks.model import TaskSpec
 from protocol import TaskResult
 from protocol.events import (
     ContainerStart,
@@ -27,6 +28,8 @@ from protocol.events import (
 
 if TYPE_CHECKING:
     from daemon.engine.run import Engine, RunConfig
+
+log = logging.getLogger("tbhud.engine")
 
 VERIFICATION_TAIL = 4000  # characters of verifier output carried in tb_task_complete
 TEARDOWN_GRACE_SEC = 30  # bound on the shielded clean-up of one task
@@ -44,12 +47,12 @@ class TaskRun:
         self.engine, self.run_id, self.agent, self.task = engine, run_id, agent, task
         self.index, self.total, self.config, self.scope = index, total, config, scope
         self.emit = engine.emit
-        self.docker = engine.docker
+        self.sandboxes = engine.sandboxes
         self.dir = engine.store.task_dir(run_id, task.id)
         self.started = time.monotonic()
         self.phase: Phase = "setup"
         self.turn: int | None = None
-        self.container_id: str | None = None
+        self.sandbox: Sandbox | None = None
         self.verifier_lines: list[str] = []
         self.logs: dict[str, IO[str]] = {}
 
@@ -92,9 +95,10 @@ class TaskRun:
                 result = await self._phases()
             if result is None:  # the scope was cancelled: stopped by a user
                 result = self._result("error", error="stopped")
-        except* (DockerError, AgentError) as group:
+        except* (SandboxError, AgentError) as group:
             result = self._result("error", error=str(group.exceptions[0]))
         except* Exception as group:  # a crashed step fails its task, never the run
+            log.error("task %s of run %s crashed", task.id, self.run_id, exc_info=group)
             result = self._result("error", error=f"internal error: {group.exceptions[0]!r}")
         finally:
             with trio.CancelScope(shield=True):
@@ -103,59 +107,53 @@ class TaskRun:
                 if result is None:  # cancelled from outside: the whole run is going down
                     result = self._result("error", error="stopped")
                 self._finish(result)
-                for log in self.logs.values():
-                    log.close()
+                for file in self.logs.values():
+                    file.close()
 
     async def _phases(self) -> TaskResult:
         task, mult = self.task, self.config.timeout_multiplier
-        image = await self.docker.ensure_image(task, self.system, timeout_multiplier=mult)
-        workdir = (task.environment.workdir or await self.docker.image_workdir(image)
-                   or DEFAULT_WORKDIR)
-        self.container_id = await self.docker.create_container(
-            image, task.environment, run_id=self.run_id, task_id=task.id, workdir=workdir)
+        image = await self.sandboxes.prepare_image(task, self.system, timeout_multiplier=mult)
+        sandbox = self.sandbox = await self.sandboxes.create(task, image, run_id=self.run_id)
         env = task.environment
-        self.emit(ContainerStart(run_id=self.run_id, task_id=task.id,
-                                 container_id=self.container_id, image=image, cpus=env.cpus,
-                                 memory_mb=env.memory_mb))
+        self.emit(ContainerStart(run_id=self.run_id, task_id=task.id, container_id=sandbox.id,
+                                 image=image, cpus=env.cpus, memory_mb=env.memory_mb))
         async with trio.open_nursery() as nursery:
             if self.config.container_stats:
-                nursery.start_soon(self.docker.stats, self.container_id, self._on_stats)
-            result = await self._in_container(workdir, mult)
+                nursery.start_soon(sandbox.stats, self._on_stats)
+            result = await self._in_sandbox(sandbox, mult)
             nursery.cancel_scope.cancel()
         return result
 
-    async def _in_container(self, workdir: str, mult: float) -> TaskResult:
-        failed_setup = await self._setup(workdir)
+    async def _in_sandbox(self, sandbox: Sandbox, mult: float) -> TaskResult:
+        failed_setup = await self._setup(sandbox)
         if failed_setup is not None:
             return failed_setup
-        agent_result, agent_overran = await self._agent_phase(workdir, mult)
-        return await self._verification(workdir, mult, agent_result, agent_overran)
+        agent_result, agent_overran = await self._agent_phase(sandbox, mult)
+        return await self._verification(sandbox, mult, agent_result, agent_overran)
 
-    async def _setup(self, workdir: str) -> TaskResult | None:
+    async def _setup(self, sandbox: Sandbox) -> TaskResult | None:
         """The instruction, a suite task's files and commands; an error result if one fails."""
-        task, cid = self.task, self.container_id
-        assert cid is not None
-        await self.docker.put_files(cid, {"instruction.md": task.instruction.encode()},
-                                    INSTRUCTION_DIR)
+        task = self.task
+        await sandbox.put_files({"instruction.md": task.instruction.encode()}, INSTRUCTION_DIR)
         if task.setup_files:
-            await self.docker.put_files(cid, task.setup_files, workdir)
+            await sandbox.put_files(task.setup_files, sandbox.workdir)
         for command in task.setup_commands:
             self.system(f"$ {command}")
-            code = await self.docker.exec(cid, ["sh", "-c", command], user=task.agent_user,
-                                          workdir=workdir, on_line=self._system_line)
-            if code != 0:
-                return self._result("error", error=f"setup command exited {code}: {command}")
+            done = await sandbox.exec(["sh", "-c", command], user=task.agent_user,
+                                      on_line=self._system_line)
+            if done.exit_code != 0:
+                return self._result("error", error=f"setup command exited {done.exit_code}: "
+                                    f"{command}")
         return None
 
-    async def _agent_phase(self, workdir: str, mult: float) -> tuple[AgentResult, str | None]:
+    async def _agent_phase(self, sandbox: Sandbox,
+                           mult: float) -> tuple[AgentResult, str | None]:
         """Run the agent within its limit. Returns what it reported and, if it overran, why."""
-        task, cid = self.task, self.container_id
-        assert cid is not None
+        task = self.task
         self.progress("agent", turn=0)
         limit = (self.config.agent_timeout_sec or task.agent_timeout_sec) * mult
         ctx = AgentContext(
-            docker=self.docker, container_id=cid, task=task, run_id=self.run_id,
-            workdir=workdir, instruction=task.instruction,
+            sandbox=sandbox, task=task, run_id=self.run_id, instruction=task.instruction,
             output=lambda line: self.output(line, "agent"),
             set_turn=lambda turn: self.progress(turn=turn), emit=self.emit,
             model=self.config.model, max_turns=self.config.max_turns or task.max_turns)
@@ -167,35 +165,30 @@ class TaskRun:
                 self.system(result.note)
             return result, None
         # Nothing the agent started may run on into verification.
-        await self.docker.kill_all(cid)
+        await sandbox.kill_all()
         self.system(f"agent timed out after {limit:g}s; its processes were killed")
         return ctx.partial_result or result, f"agent timed out after {limit:g}s"
 
-    async def _verification(self, workdir: str, mult: float, agent_result: AgentResult,
+    async def _verification(self, sandbox: Sandbox, mult: float, agent_result: AgentResult,
                             agent_overran: str | None) -> TaskResult:
         """Run /tests/test.sh and judge: reward, CTRF counts, outcome. Runs after an agent
         timeout too (the outcome stays timeout, the reward is kept)."""
-        task, cid = self.task, self.container_id
-        assert cid is not None
+        task = self.task
         self.progress("verification")
         # The agent could have planted /tests or a reward file: start both from nothing.
-        await self.docker.exec(cid, ["sh", "-c", f"rm -rf /tests {VERIFIER_LOGS} && "
-                                     f"mkdir -p {VERIFIER_LOGS}"], user="0",
-                               on_line=self._system_line)
-        await self.docker.put_files(cid, task.test_files, "/tests")
+        await sandbox.exec(["sh", "-c", f"rm -rf /tests {VERIFIER_LOGS} && "
+                            f"mkdir -p {VERIFIER_LOGS}"], user="0", on_line=self._system_line)
+        await sandbox.put_files(task.test_files, "/tests")
         limit = task.verifier_timeout_sec * mult
-        exit_code = None
-        with trio.move_on_after(limit) as clock:
-            exit_code = await self.docker.exec(
-                cid, ["bash", "/tests/test.sh"], user=task.verifier_user, workdir=workdir,
-                environment=task.verifier_env,
-                on_line=lambda _s, line: self.output(line, "verification"))
+        verified = await sandbox.exec(
+            ["bash", "/tests/test.sh"], user=task.verifier_user,
+            environment=task.verifier_env, timeout=limit,
+            on_line=lambda _s, line: self.output(line, "verification"))
         verifier_overran = None
-        if clock.cancelled_caught:
-            await self.docker.kill_all(cid)
+        if verified.timed_out:
             verifier_overran = f"verifier timed out after {limit:g}s"
             self.system(verifier_overran)
-        files = await self.docker.get_dir(cid, VERIFIER_LOGS, self.dir)
+        files = await sandbox.get_dir(VERIFIER_LOGS, self.dir)
         reward, reward_error = read_reward(self.dir / "verifier")
         tests_passed, tests_total = read_ctrf(self.dir / "verifier" / "ctrf.json")
         stats = dict(reward=reward, tests_passed=tests_passed, tests_total=tests_total,
@@ -206,17 +199,17 @@ class TaskRun:
         if reward is None:
             listed = ", ".join(sorted(p.name for p in files)) or "nothing"
             return self._result(
-                "error", error=f"{reward_error} (test.sh exited {exit_code}; "
+                "error", error=f"{reward_error} (test.sh exited {verified.exit_code}; "
                 f"{VERIFIER_LOGS} held {listed})", **stats)
         return self._result("success" if reward >= 1 else "failure", **stats)
 
     def _system_line(self, _stream: str, line: str) -> None:
         self.system(line)
 
-    def _on_stats(self, stats: Any) -> None:
-        assert self.container_id is not None
+    def _on_stats(self, stats: Stats) -> None:
+        assert self.sandbox is not None
         self.emit(ContainerStats(run_id=self.run_id, task_id=self.task.id,
-                                 container_id=self.container_id, cpu_percent=stats.cpu_percent,
+                                 container_id=self.sandbox.id, cpu_percent=stats.cpu_percent,
                                  memory_bytes=stats.memory_bytes,
                                  memory_limit_bytes=stats.memory_limit_bytes))
 
@@ -234,19 +227,28 @@ class TaskRun:
                           tokens=agent.tokens, cost_usd=agent.cost_usd, error=error)
 
     async def _teardown(self, *, kill_first: bool) -> None:
-        """Remove the container (killing what runs in it first when asked). Runs shielded,
-        bounded in time."""
-        cid = self.container_id
-        if cid is not None:
-            with trio.move_on_after(TEARDOWN_GRACE_SEC):
-                if kill_first:
-                    try:
-                        await self.docker.kill_all(cid)
-                    except Exception:
-                        pass  # the forced removal below kills whatever is left
-                await self.docker.remove(cid)
-                self.emit(ContainerStop(run_id=self.run_id, task_id=self.task.id,
-                                        container_id=cid))
+        """Remove the sandbox (killing what runs in it first when asked). Runs shielded,
+        bounded in time; a failure is logged and shown, and the result is still recorded."""
+        sandbox = self.sandbox
+        if sandbox is None:
+            return
+        with trio.move_on_after(TEARDOWN_GRACE_SEC) as clock:
+            if kill_first:
+                try:
+                    await sandbox.kill_all()
+                except SandboxError as exc:  # the forced removal below kills what is left
+                    log.warning("task %s: %s; removing its sandbox anyway", self.task.id, exc)
+            try:
+                await sandbox.remove()
+            except SandboxError as exc:
+                log.error("task %s: sandbox %s not removed: %s", self.task.id, sandbox.id, exc)
+                self.system(f"sandbox {sandbox.id} could not be removed: {exc}")
+                return
+            self.emit(ContainerStop(run_id=self.run_id, task_id=self.task.id,
+                                    container_id=sandbox.id))
+        if clock.cancelled_caught:
+            log.error("task %s: teardown of %s took over %ds", self.task.id, sandbox.id,
+                      TEARDOWN_GRACE_SEC)
 
     def _finish(self, result: TaskResult) -> None:
         if result.error:

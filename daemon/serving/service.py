@@ -18,17 +18,16 @@ import logging
 import shutil
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import attrs
 import trio
 
 from daemon.agents import make_agent
 from daemon.engine.run import Engine, RunConfig, new_run_id
-from daemon.sandbox.docker.env import DockerEnv, DockerError, connect, instance_name
+from daemon.sandbox import SandboxError, SandboxProvider, open_local
 from daemon.serving.hub import Hub
 from daemon.store import Store
 from daemon.tasks.loader import load
@@ -124,11 +123,12 @@ class _TaskView:
 
 class Service:
     def __init__(self, store: Store, hub: Hub, nursery: trio.Nursery, *,
-                 docker_factory: Callable[[], Any] = connect) -> None:
+                 open_sandboxes: Callable[[Path], Awaitable[SandboxProvider]] = open_local,
+                 ) -> None:
         self.store = store
         self.hub = hub
         self.nursery = nursery  # the daemon's: runs live here, not in a connection
-        self.docker_factory = docker_factory
+        self.open_sandboxes = open_sandboxes
         self.engine: Engine | None = None
         self.version = version()
         self.suite: TBSuiteInfo | None = None
@@ -145,7 +145,7 @@ class Service:
         Finished task results of those runs stay as they were stored."""
         try:
             await self._engine()  # connecting removes the orphans
-        except DockerError as exc:
+        except SandboxError as exc:
             log.warning("%s; runs will fail until it answers", exc)
         interrupted = self.store.mark_interrupted()
         if interrupted:
@@ -182,13 +182,12 @@ class Service:
 
     async def _engine(self) -> Engine:
         if self.engine is None:
-            client = await trio.to_thread.run_sync(self.docker_factory)
-            docker = DockerEnv(client, instance=instance_name(self.store.home))
-            removed = await trio.to_thread.run_sync(docker.remove_orphans_sync)
+            sandboxes = await self.open_sandboxes(self.store.home)
+            removed = await sandboxes.remove_orphans()
             if removed:
                 log.info("removed %d orphaned container(s) of run(s) %s", len(removed),
                          ", ".join(sorted(set(removed))))
-            self.engine = Engine(self.store, self.on_event, docker)
+            self.engine = Engine(self.store, self.on_event, sandboxes)
         return self.engine
 
     # -- events: engine -> state -> hub ------------------------------------------------------
@@ -296,7 +295,7 @@ class Service:
                 raise RpcError(LOAD_FAILED, str(exc)) from exc
             try:
                 engine = await self._engine()
-            except DockerError as exc:
+            except SandboxError as exc:
                 raise RpcError(RUN_FAILED, str(exc)) from exc
             await self.nursery.start(self._run, engine, suite, tasks, config, run_id,
                                      output_dir)

@@ -1,0 +1,129 @@
+"""The sandbox seam: what the engine and the agents may do with the place a task runs in.
+
+A `SandboxProvider` prepares a task's image and creates one `Sandbox` per task; a `Sandbox`
+runs commands with streamed output and a time limit, moves files in and out, kills every
+process but its keeper, reports stats and removes itself. Failures of the infrastructure
+are `SandboxError`s, whatever the implementation: the engine turns them into an `error`
+outcome with their text. Docker (daemon/sandbox/docker/) is one implementation; another
+(a remote engine, Kubernetes) implements these two classes and passes the conformance
+tests in tests/test_sandbox.py, without touching the engine or any agent.
+
+Modelled on Inspect AI's `SandboxEnvironment` and Harbor's `BaseEnvironment`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import trio
+
+from daemon.tasks.model import TaskSpec
+
+MAX_LINE = 64 * 1024  # by default a "line" longer than this is passed on in pieces
+
+# on_line(stream, line): stream is "stdout" or "stderr"; the line has no newline.
+LineHandler = Callable[[str, str], None]
+Log = Callable[[str], None]
+
+
+class SandboxError(RuntimeError):
+    """An infrastructure failure (engine unreachable, image missing, copy failed); the task's
+    outcome becomes `error` with this text."""
+
+
+class BuildTimeout(SandboxError):
+    """Preparing the image took longer than the task allows."""
+
+
+@attrs.frozen
+class ExecResult:
+    exit_code: int | None  # None when the command was cut off at its time limit
+    timed_out: bool = False
+
+
+@attrs.frozen
+class Stats:
+    cpu_percent: float  # 100 = one core, as `docker stats` counts
+    memory_bytes: int
+    memory_limit_bytes: int
+
+
+class Sandbox(abc.ABC):
+    """One task's sandbox, created by a provider; `id` names it to users (a container id)."""
+
+    id: str
+    image: str
+    workdir: str  # the task's working directory in the sandbox
+
+    # A time limit of its own rather than the caller's cancel scope (ASYNC109): reaching it
+    # must kill the processes, which cancelling the wait alone would leave running.
+    async def exec(self, cmd: list[str], *, on_line: LineHandler, user: str | None = None,
+                   workdir: str | None = None, environment: dict[str, str] | None = None,
+                   timeout: float | None = None,  # noqa: ASYNC109
+                   max_line: int = MAX_LINE) -> ExecResult:
+        """Run `cmd` (argv, no shell), `on_line` for each line of its output, until it ends or
+        `timeout` seconds pass; then every process in the sandbox is killed (processes the
+        command left behind too) before this returns `timed_out`. Cancelling from outside
+        does not stop the processes: the caller must `kill_all`."""
+        with trio.move_on_after(timeout if timeout is not None else float("inf")) as clock:
+            code = await self._run(cmd, on_line=on_line, user=user, workdir=workdir,
+                                   environment=environment, max_line=max_line)
+            return ExecResult(code)
+        assert clock.cancelled_caught
+        await self.kill_all()
+        return ExecResult(None, timed_out=True)
+
+    @abc.abstractmethod
+    async def _run(self, cmd: list[str], *, on_line: LineHandler, user: str | None,
+                   workdir: str | None, environment: dict[str, str] | None,
+                   max_line: int) -> int:
+        """Run `cmd` to its end, streaming its lines; its exit code."""
+
+    @abc.abstractmethod
+    async def put_files(self, files: dict[str, bytes], dest: str) -> None:
+        """Copy `files` (relative path -> bytes) into the directory `dest`, created as needed,
+        owned by root; `*.sh` and `#!` files executable."""
+
+    @abc.abstractmethod
+    async def get_dir(self, path: str, host_dir: Path) -> list[Path]:
+        """Copy the sandbox's directory `path` into `host_dir` (nothing may land outside it);
+        the files copied, [] when `path` does not exist."""
+
+    @abc.abstractmethod
+    async def kill_all(self) -> None:
+        """Kill every process in the sandbox but its keeper, including those that escaped
+        with setsid, nohup or a double fork. Returns once none is left."""
+
+    @abc.abstractmethod
+    async def stats(self, on_stats: Callable[[Stats], None]) -> None:
+        """Report CPU and memory about once a second until cancelled or the sandbox is gone."""
+
+    @abc.abstractmethod
+    async def remove(self) -> None:
+        """Remove the sandbox whatever runs in it. Safe to call twice."""
+
+
+class SandboxProvider(abc.ABC):
+    """Where sandboxes come from: one per engine (a Docker engine, a cluster)."""
+
+    name: str  # shown in logs and errors, e.g. "docker"
+
+    @abc.abstractmethod
+    async def prepare_image(self, task: TaskSpec, log: Log, *,
+                            timeout_multiplier: float = 1.0) -> str:
+        """The image to run `task` in: its `docker_image`, or its environment/ built
+        (cached) within build_timeout_sec x timeout_multiplier. Progress goes to `log`."""
+
+    @abc.abstractmethod
+    async def create(self, task: TaskSpec, image: str, *, run_id: str) -> Sandbox:
+        """Create and start `task`'s sandbox from `image`, with the task's limits, labelled
+        with the run so that `remove_orphans` can find it."""
+
+    @abc.abstractmethod
+    async def remove_orphans(self) -> list[str]:
+        """Remove this instance's sandboxes whose owning process is gone (a daemon or a
+        `tbhud run` that was killed), and those that name this process as their owner (a pid
+        reused): call it before this process creates any. The run ids they belonged to."""

@@ -1,0 +1,261 @@
+"""Docker as a `SandboxProvider`: images (a task's docker_image, or its environment/ built and
+cached by content hash, the project's base image), containers with the task's limits and our
+labels, and the clean-up of containers a dead owner left.
+
+The docker SDK blocks, so every call runs in a worker thread behind a CapacityLimiter (`call`),
+and every failure of the SDK or of the connection to the engine comes out as a SandboxError
+saying what we were doing. Streams (exec output, build output, stats) are read by a thread
+of their own that hands chunks to trio; one that must end early is ended by acting on Docker
+(killing the processes, removing the container, hanging up on a build).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests
+import trio
+
+from daemon.sandbox.base import BuildTimeout, Log, SandboxError, SandboxProvider
+from daemon.sandbox.docker.sandbox import DockerSandbox
+from daemon.sandbox.docker.streams import hang_up, pump
+from daemon.tasks.model import BASE_IMAGE, DEFAULT_WORKDIR, TaskSpec
+
+LABEL = "tbhud"  # every container we make carries tbhud=<instance>: one per data directory
+LABEL_PID = "tbhud.pid"  # the process that owns it: a container whose owner died is an orphan
+LABEL_RUN = "tbhud.run"
+LABEL_TASK = "tbhud.task"
+KEEPER = ["sleep", "infinity"]  # PID 1: init of the PID namespace, immune to `kill -9 -1`
+PIDS_LIMIT = 1024
+API_TIMEOUT_SEC = 300  # the SDK's HTTP timeout for one call
+
+T = TypeVar("T")
+# What the docker SDK raises when the engine refuses or cannot be reached.
+DOCKER_FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def connect() -> docker.DockerClient:
+    """The local engine (blocking: run it in a thread), or a SandboxError saying how to get
+    one."""
+    try:
+        client = docker.from_env(timeout=API_TIMEOUT_SEC)
+        client.ping()
+    except DOCKER_FAILURES as exc:
+        raise SandboxError(
+            f"no Docker engine answers ({exc}); start one (e.g. `dockerd &` as root, "
+            "or run `bash .ci/setup`)"
+        ) from exc
+    return client
+
+
+def instance_name(home: Path) -> str:
+    """One label value per data directory, so instances never touch each other's containers."""
+    return hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:12]
+
+
+def context_hash(root: Path) -> str:
+    """Content hash of a build context: relative paths, modes and bytes of every file."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(oct(path.stat().st_mode & 0o777).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _image_name(task_id: str, digest: str) -> str:
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", task_id.lower()).strip("-.") or "task"
+    return f"tbhud-env/{slug}:{digest[:16]}"
+
+
+class DockerSandboxes(SandboxProvider):
+    name = "docker"
+
+    def __init__(self, client: docker.DockerClient, *, instance: str = "default",
+                 max_threads: int = 8) -> None:
+        self.client = client
+        self.instance = instance
+        self.api_limiter = trio.CapacityLimiter(max_threads)
+        # Stream readers live as long as their stream; they get their own, larger pool so that
+        # long agent execs never starve short API calls.
+        self.stream_limiter = trio.CapacityLimiter(256)
+        self.build_locks: dict[str, trio.Lock] = {}
+
+    @classmethod
+    async def open(cls, home: Path) -> DockerSandboxes:
+        """The local engine for the data directory `home` (connecting in a thread)."""
+        client = await trio.to_thread.run_sync(connect)
+        return cls(client, instance=instance_name(home))
+
+    async def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` in a worker thread; a docker failure becomes
+        SandboxError("<what>: <reason>")."""
+        try:
+            return await trio.to_thread.run_sync(partial(fn, *args, **kwargs),
+                                                 limiter=self.api_limiter)
+        except DOCKER_FAILURES as exc:
+            raise SandboxError(f"{what}: {exc}") from exc
+
+    # -- images ----------------------------------------------------------------------------
+
+    async def image_exists(self, name: str) -> bool:
+        def exists() -> bool:
+            try:
+                self.client.images.get(name)
+                return True
+            except docker.errors.ImageNotFound:
+                return False
+
+        return await self.call(f"cannot look up the image {name}", exists)
+
+    async def ensure_base_image(self, log: Log) -> None:
+        from daemon.sandbox.docker.baseimage import BaseImageError, ensure_base_image
+
+        if not await self.image_exists(BASE_IMAGE):
+            log(f"building the base image {BASE_IMAGE} from Debian packages (once)")
+            token = trio.lowlevel.current_trio_token()
+            try:
+                await self.call("cannot build the base image", ensure_base_image, self.client,
+                                log=lambda m: trio.from_thread.run_sync(log, m, trio_token=token))
+            except BaseImageError as exc:
+                raise SandboxError(str(exc)) from exc
+
+    async def prepare_image(self, task: TaskSpec, log: Log, *,
+                            timeout_multiplier: float = 1.0) -> str:
+        env = task.environment
+        if env.docker_image:
+            if env.docker_image == BASE_IMAGE:
+                await self.ensure_base_image(log)
+            elif not await self.image_exists(env.docker_image):
+                raise SandboxError(
+                    f"image {env.docker_image} is not on this engine; build or load it first "
+                    "(tbhud does not pull)")
+            return env.docker_image
+        assert env.build_context is not None
+        context = env.build_context
+        name = _image_name(task.id, await trio.to_thread.run_sync(context_hash, context))
+        lock = self.build_locks.setdefault(name, trio.Lock())
+        async with lock:  # two tasks with one environment build it once
+            if await self.image_exists(name):
+                log(f"image {name} (cached)")
+                return name
+            dockerfile = (context / "Dockerfile").read_text(errors="replace")
+            if BASE_IMAGE in dockerfile:
+                await self.ensure_base_image(log)
+            log(f"building {name} from {context}")
+            await self._build(context, name, env.build_timeout_sec * timeout_multiplier, log)
+        return name
+
+    async def _build(self, context: Path, tag: str, limit_sec: float, log: Log) -> None:
+        # A client of its own whose HTTP responses we keep (a requests response hook), so
+        # that a build past its time, or stopped, can be hung up on: the engine cancels a
+        # build whose client went away. Closing the client alone would not do it, since the
+        # connection in use is not in its pool.
+        client = (await self.call("cannot connect to build", docker.from_env,
+                                  timeout=int(limit_sec) + 60)).api
+        responses: list[Any] = []
+        client.hooks["response"].append(lambda r, *_a, **_k: responses.append(r))
+        errors: list[str] = []
+        finished = False
+
+        def produce() -> Iterator[dict[str, Any]]:
+            yield from client.build(path=str(context), tag=tag, rm=True, forcerm=True,
+                                    decode=True, pull=False)
+
+        def consume(chunk: dict[str, Any]) -> None:
+            if "stream" in chunk:
+                for line in chunk["stream"].splitlines():
+                    if line.strip():
+                        log(line)
+            if "error" in chunk:
+                errors.append(chunk["error"].strip())
+
+        try:
+            with trio.fail_after(limit_sec):
+                await pump(produce, consume, limiter=self.stream_limiter)
+            finished = True
+        except trio.TooSlowError:
+            raise BuildTimeout(f"image build exceeded its {limit_sec:g}s limit "
+                               "(build_timeout_sec x timeout multiplier)") from None
+        except DOCKER_FAILURES as exc:
+            raise SandboxError(f"image build failed: {exc}") from exc
+        finally:
+            if not finished:
+                for response in responses:
+                    hang_up(response)
+            client.close()
+        if errors:
+            raise SandboxError(f"image build failed: {errors[-1]}")
+
+    async def image_workdir(self, image: str) -> str | None:
+        img = await self.call(f"cannot inspect the image {image}", self.client.images.get, image)
+        workdir: str | None = (img.attrs.get("Config") or {}).get("WorkingDir") or None
+        return workdir
+
+    # -- containers ------------------------------------------------------------------------
+
+    async def create(self, task: TaskSpec, image: str, *, run_id: str) -> DockerSandbox:
+        env = task.environment
+        workdir = env.workdir or await self.image_workdir(image) or DEFAULT_WORKDIR
+        kwargs: dict[str, Any] = dict(
+            command=KEEPER,
+            labels={LABEL: self.instance, LABEL_PID: str(os.getpid()), LABEL_RUN: run_id,
+                    LABEL_TASK: task.id},
+            working_dir=workdir,
+            environment=env.env,
+            nano_cpus=int(env.cpus * 1e9),
+            mem_limit=f"{env.memory_mb}m",
+            memswap_limit=f"{env.memory_mb}m",  # no swap beyond the limit
+            pids_limit=PIDS_LIMIT,
+            security_opt=["no-new-privileges"],
+            privileged=False,
+            detach=True,
+        )
+        if env.network == "none":
+            kwargs["network_mode"] = "none"
+        container = await self.call("cannot create the container",
+                                    self.client.containers.create, image, **kwargs)
+        sandbox = DockerSandbox(self, container.id, image, workdir)
+        try:
+            await self.call("cannot start the container", container.start)
+        except SandboxError:
+            with trio.CancelScope(shield=True):
+                await sandbox.remove()
+            raise
+        return sandbox
+
+    async def remove_orphans(self) -> list[str]:
+        def remove() -> list[str]:
+            runs = []
+            mine = {"label": f"{LABEL}={self.instance}"}
+            for c in self.client.containers.list(all=True, filters=mine):
+                owner = c.labels.get(LABEL_PID, "")
+                if owner.isdigit() and int(owner) != os.getpid() and _alive(int(owner)):
+                    continue
+                c.remove(force=True, v=True)
+                runs.append(c.labels.get(LABEL_RUN, ""))
+            return runs
+
+        return await self.call("cannot remove orphaned containers", remove)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    try:  # a zombie (killed, not yet reaped by its parent) is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

@@ -1,0 +1,177 @@
+"""One task's container as a `Sandbox`: exec with streamed output, files in and out, kill
+every process but the keeper, stats, removal. Every docker SDK call runs in a worker thread
+(`DockerSandboxes.call`), and its failures come out as `SandboxError`."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import docker.errors
+
+from daemon.sandbox.base import LineHandler, Sandbox, Stats
+from daemon.sandbox.docker.streams import LineSplitter, pump, tar_of
+
+if TYPE_CHECKING:
+    from daemon.sandbox.docker.provider import DockerSandboxes
+
+# Kill every process in the container except PID 1 and this shell, until none is left alive.
+# `kill -9 -1` from inside reaches processes that escaped with setsid/nohup/double fork;
+# ending the `docker exec` client would leave them running.
+KILL_ALL = r"""
+i=0
+while [ $i -lt 50 ]; do
+  kill -9 -1 2>/dev/null
+  alive=0
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    [ "$p" = 1 ] && continue
+    [ "$p" = $$ ] && continue
+    read -r line < "$d/stat" 2>/dev/null || continue
+    s=${line##*) }; s=${s%% *}
+    [ "$s" = Z ] || [ "$s" = X ] || alive=1
+  done
+  [ $alive = 0 ] && exit 0
+  i=$((i+1))
+done
+exit 1
+"""
+
+
+class DockerSandbox(Sandbox):
+    def __init__(self, provider: DockerSandboxes, container_id: str, image: str,
+                 workdir: str) -> None:
+        self.provider = provider
+        self.id = container_id
+        self.image = image
+        self.workdir = workdir
+
+    async def _run(self, cmd: list[str], *, on_line: LineHandler, user: str | None,
+                   workdir: str | None, environment: dict[str, str] | None,
+                   max_line: int) -> int:
+        api = self.provider.client.api
+        created = await self.provider.call(
+            "cannot exec in the container", api.exec_create, self.id, cmd, stdout=True,
+            stderr=True, user=user or "", workdir=workdir or self.workdir,
+            environment=environment)
+        exec_id = created["Id"]
+        splitters = {"stdout": LineSplitter(max_line), "stderr": LineSplitter(max_line)}
+
+        def produce() -> Iterator[tuple[str, bytes]]:
+            for out, err in api.exec_start(exec_id, stream=True, demux=True):
+                if out:
+                    yield "stdout", out
+                if err:
+                    yield "stderr", err
+
+        def consume(item: tuple[str, bytes]) -> None:
+            stream, data = item
+            for line in splitters[stream].feed(data):
+                on_line(stream, line)
+
+        await pump(produce, consume, limiter=self.provider.stream_limiter)
+        for stream, splitter in splitters.items():
+            for line in splitter.flush():
+                on_line(stream, line)
+        info = await self.provider.call("cannot read the exit code", api.exec_inspect, exec_id)
+        return int(info.get("ExitCode") or 0)
+
+    async def kill_all(self) -> None:
+        api = self.provider.client.api
+
+        def kill() -> int | None:
+            try:
+                exec_id = api.exec_create(self.id, ["sh", "-c", KILL_ALL], user="0")["Id"]
+                api.exec_start(exec_id)
+                code: int | None = api.exec_inspect(exec_id).get("ExitCode")
+                return code
+            except docker.errors.APIError:
+                return None  # e.g. no `sh` in the image: the restart below does it
+
+        if await self.provider.call("cannot kill the processes", kill) != 0:
+            # No shell in the image, or something would not die: restarting the container
+            # kills every process in it and keeps its filesystem.
+            await self.provider.call("cannot restart the container", api.restart, self.id,
+                                     timeout=0)
+
+    async def put_files(self, files: dict[str, bytes], dest: str) -> None:
+        await self.provider.call(f"cannot copy files to {dest}", self.provider.client.api.
+                                 put_archive, self.id, "/", tar_of(files, dest))
+
+    async def get_dir(self, path: str, host_dir: Path) -> list[Path]:
+        api = self.provider.client.api
+
+        def fetch() -> list[Path]:
+            try:
+                stream, _ = api.get_archive(self.id, path)
+            except docker.errors.NotFound:
+                return []
+            data = io.BytesIO(b"".join(stream))
+            copied: list[Path] = []
+
+            def only_safe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+                # The "data" filter refuses links out and paths that would escape host_dir;
+                # such a member (planted by an agent, say) is left out, the rest is copied.
+                try:
+                    kept = tarfile.data_filter(member, dest)
+                except tarfile.FilterError:
+                    return None
+                if kept.isfile():
+                    copied.append(host_dir / kept.name)
+                return kept
+
+            with tarfile.open(fileobj=data) as tar:
+                tar.extractall(host_dir, filter=only_safe)
+            return copied
+
+        result: list[Path] = await self.provider.call(f"cannot copy {path} out", fetch)
+        return result
+
+    async def stats(self, on_stats: Callable[[Stats], None]) -> None:
+        api = self.provider.client.api
+
+        def produce() -> Iterator[dict[str, Any]]:
+            try:
+                yield from api.stats(self.id, stream=True, decode=True)
+            except docker.errors.NotFound:
+                return  # the container went away: no more stats, and nothing is wrong
+
+        def consume(sample: dict[str, Any]) -> None:
+            stats = parse_stats(sample)
+            if stats is not None:
+                on_stats(stats)
+
+        await pump(produce, consume, limiter=self.provider.stream_limiter)
+
+    async def remove(self) -> None:
+        api = self.provider.client.api
+
+        def remove() -> None:
+            try:
+                api.remove_container(self.id, force=True, v=True)
+            except docker.errors.NotFound:
+                pass  # already gone: removing twice is allowed
+            except docker.errors.APIError as exc:
+                if "already in progress" not in str(exc):
+                    raise
+
+        await self.provider.call("cannot remove the container", remove)
+
+
+def parse_stats(sample: dict[str, Any]) -> Stats | None:
+    """CPU % as `docker stats` computes it (100% = one core), memory usage and limit; None for
+    a sample without them (the first one, or one of a container that is stopping)."""
+    try:
+        cpu, pre = sample["cpu_stats"], sample["precpu_stats"]
+        cpu_delta = cpu["cpu_usage"]["total_usage"] - pre["cpu_usage"]["total_usage"]
+        system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+        online = cpu.get("online_cpus") or len(cpu["cpu_usage"].get("percpu_usage") or [1])
+        percent = cpu_delta / system_delta * online * 100.0 if system_delta > 0 else 0.0
+        mem = sample["memory_stats"]
+        return Stats(cpu_percent=round(percent, 1), memory_bytes=int(mem.get("usage", 0)),
+                     memory_limit_bytes=int(mem.get("limit", 0)))
+    except (KeyError, TypeError):
+        return None

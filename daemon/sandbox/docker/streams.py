@@ -1,0 +1,100 @@
+"""Blocking docker SDK streams read from trio, and the byte-level helpers they need."""
+
+from __future__ import annotations
+
+import io
+import socket
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import trio
+
+from daemon.sandbox.base import MAX_LINE
+
+
+async def pump(produce: Callable[[], Iterator[Any]], consume: Callable[[Any], None], *,
+               limiter: trio.CapacityLimiter) -> None:
+    """Run a blocking iterator in a thread, handing each item to `consume` in trio.
+
+    Cancelling abandons the thread; it ends when Docker ends the stream (the caller kills
+    the processes or removes the container), and stops at once if nobody reads any more.
+    """
+    send, recv = trio.open_memory_channel[Any](64)
+    token = trio.lowlevel.current_trio_token()
+
+    def reader() -> None:
+        try:
+            for item in produce():
+                trio.from_thread.run(send.send, item, trio_token=token)
+        except (trio.BrokenResourceError, trio.Cancelled, trio.RunFinishedError):
+            return  # the trio side stopped listening
+        finally:
+            try:
+                trio.from_thread.run_sync(send.close, trio_token=token)
+            except trio.RunFinishedError:
+                pass  # trio is gone: nobody is left to tell
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(trio.to_thread.run_sync, reader, abandon_on_cancel=True,
+                                   limiter=limiter))
+        with recv:
+            async for item in recv:
+                consume(item)
+
+
+class LineSplitter:
+    """Bytes in, whole decoded lines out (a partial line waits for its end)."""
+
+    def __init__(self, max_line: int = MAX_LINE) -> None:
+        self.pending = b""
+        self.max_line = max_line
+
+    def feed(self, data: bytes) -> list[str]:
+        self.pending += data
+        *lines, self.pending = self.pending.split(b"\n")
+        while len(self.pending) > self.max_line:
+            lines.append(self.pending[:self.max_line])
+            self.pending = self.pending[self.max_line:]
+        return [line.decode("utf-8", "replace").rstrip("\r") for line in lines]
+
+    def flush(self) -> list[str]:
+        rest, self.pending = self.pending, b""
+        return [rest.decode("utf-8", "replace")] if rest else []
+
+
+def tar_of(files: dict[str, bytes], prefix: str) -> bytes:
+    """A tar holding `files` under `prefix/` (created as needed), root-owned."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        dirs = {prefix.strip("/")} | {
+            f"{prefix.strip('/')}/{parent}" for rel in files for parent in _parents(rel)}
+        for d in sorted(x for x in dirs if x):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+            tar.addfile(info)
+        for rel, data in files.items():
+            info = tarfile.TarInfo(f"{prefix.strip('/')}/{rel}".lstrip("/"))
+            info.size, info.mtime = len(data), int(time.time())
+            info.mode = 0o755 if rel.endswith(".sh") or data.startswith(b"#!") else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _parents(rel: str) -> Iterator[str]:
+    parts = rel.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        yield "/".join(parts[:i])
+
+
+def hang_up(response: Any) -> None:
+    """End a streaming HTTP response that another thread is reading: shutdown() wakes the
+    blocked read and tells the peer at once (close() would wait for the reader)."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # the connection is already gone: nothing left to hang up
