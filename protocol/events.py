@@ -115,6 +115,10 @@ class TBTaskProgress:
     elapsed_ms: int
     current_turn: int | None = None
     type: Literal["tb_task_progress"] = "tb_task_progress"
+    # Extensions: what the phase is doing and how far it is, when it can tell (a pull in
+    # setup: "pulling IMAGE", 0-100).
+    detail: str | None = None
+    percent: float | None = None
 
 
 @attrs.frozen

@@ -4,9 +4,11 @@ is a test failure, never a skip."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -129,3 +131,59 @@ def run_cli(args: list[str], *, home: Path, timeout: float = 300,
     env = {**os.environ, "TBHUD_HOME": str(home)}
     return subprocess.run([*TBHUD, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout, **kwargs)  # type: ignore[call-overload]
+
+
+@attrs.frozen
+class Registry:
+    host: str  # 127.0.0.1:PORT, which Docker trusts without TLS
+
+    def push(self, client: docker.DockerClient, source: str, name: str) -> str:
+        """Push the local image `source` as HOST/name, then remove that tag from the engine
+        (the registry now has the only copy under that name). Returns the full name."""
+        ref = f"{self.host}/{name}"
+        client.images.get(source).tag(ref)
+        for chunk in client.images.push(ref, stream=True, decode=True):
+            assert "error" not in chunk, chunk
+        client.images.remove(ref)
+        return ref
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory,
+             docker_client: docker.DockerClient) -> Iterator[Registry]:
+    """A real registry (Debian's docker-registry) on a free loopback port, for the session."""
+    import socket
+    import urllib.request
+
+    exe = shutil.which("docker-registry")
+    if exe is None:
+        pytest.fail("docker-registry is not installed; run `bash .ci/setup` first")
+    root = tmp_path_factory.mktemp("registry")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = root / "config.yml"
+    config.write_text(textwrap.dedent(f"""\
+        version: 0.1
+        log: {{level: warn}}
+        storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}
+        http: {{addr: "127.0.0.1:{port}"}}
+        """))
+    log = open(root / "registry.log", "wb")
+    proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 30  # bounded wait for it to listen
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"docker-registry did not start: "
+                                f"{(root / 'registry.log').read_text()[-2000:]}")
+                time.sleep(0.1)
+        yield Registry(f"127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

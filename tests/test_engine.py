@@ -186,6 +186,24 @@ async def test_build_from_dockerfile_is_cached_by_content(rig: Rig, tmp_path: Pa
     assert any("(cached)" in e.text for e in rig.of_type(TBTaskOutput))
 
 
+async def test_the_image_entrypoint_runs_so_its_services_are_up_for_the_agent(
+        rig: Rig, tmp_path: Path):
+    # As `docker run` and Harbor do: the ENTRYPOINT starts a service, then execs the command
+    # (our keeper), so the service is up when the agent runs.
+    dockerfile = """\
+        FROM tbhud/base:bookworm
+        RUN printf '#!/bin/sh\\necho up > /run/service-ready\\nexec "$@"\\n' > /entry.sh \\
+            && chmod +x /entry.sh
+        ENTRYPOINT ["/entry.sh"]
+        """
+    task = make_task(tmp_path, "with-entrypoint", dockerfile=dockerfile,
+                     solve="cp /run/service-ready /tmp/seen-by-agent\n",
+                     test='[ "$(cat /tmp/seen-by-agent)" = up ] && '
+                          'echo 1 > /logs/verifier/reward.txt\n')
+    report = await run(rig, task)
+    assert report.tasks[0].outcome == "success", report.tasks[0].error
+
+
 async def test_stop_run_mid_task_records_stopped_and_leaves_no_container(rig: Rig,
                                                                          tmp_path: Path):
     task = make_task(tmp_path, "forever", solve="sleep 300\n",

@@ -63,7 +63,7 @@ def task(tmp_path: Path) -> TaskSpec:
 async def sandbox(provider: SandboxProvider, task: TaskSpec, docker_client: docker.DockerClient,
                   home: Path) -> AsyncIterator[Sandbox]:
     with trio.fail_after(LIMIT):
-        image = await provider.prepare_image(task, lambda _line: None)
+        image = await provider.prepare_image(task, lambda _line: None, run_id="conformance")
         box = await provider.create(task, image, run_id="conformance")
     try:
         yield box
@@ -190,14 +190,14 @@ async def test_an_image_that_is_not_there_is_a_neutral_error(provider: SandboxPr
     missing = attrs.evolve(task, environment=attrs.evolve(
         task.environment, docker_image="tbhud-test/absent:never"))
     with trio.fail_after(LIMIT), pytest.raises(SandboxError, match="tbhud-test/absent:never"):
-        await provider.prepare_image(missing, lambda _line: None)
+        await provider.prepare_image(missing, lambda _line: None, run_id="conformance")
 
 
 async def test_orphans_of_a_dead_owner_are_removed_and_live_ones_kept(
         provider: SandboxProvider, task: TaskSpec, docker_client: docker.DockerClient,
         home: Path):
     with trio.fail_after(LIMIT):
-        image = await provider.prepare_image(task, lambda _line: None)
+        image = await provider.prepare_image(task, lambda _line: None, run_id="conformance")
         box = await provider.create(task, image, run_id="some-run")
         labels = docker_client.containers.get(box.id).labels
         await box.remove()

@@ -24,7 +24,7 @@ import trio
 
 from daemon.agents import make_agent
 from daemon.engine.task import TaskRun, _ms
-from daemon.sandbox import SandboxProvider
+from daemon.sandbox import PULL_POLICIES, PullPolicy, SandboxProvider
 from daemon.store import Store, now_iso
 from daemon.tasks.model import Suite, TaskSpec
 from protocol import Event, RunReport
@@ -42,6 +42,7 @@ class RunConfig:
     # Replaces every task's agent timeout (the HUD's startTBRun `timeout`, seconds).
     agent_timeout_sec: float | None = None
     testgen: bool = True
+    pull: PullPolicy = "missing"
     # Live container CPU/memory for HUDs; `tbhud run` alone has nobody to show them to.
     container_stats: bool = True
 
@@ -50,6 +51,8 @@ class RunConfig:
             raise ValueError("concurrency must be at least 1")
         if not (self.timeout_multiplier > 0 and math.isfinite(self.timeout_multiplier)):
             raise ValueError("timeout multiplier must be a positive number")
+        if self.pull not in PULL_POLICIES:
+            raise ValueError(f"pull must be one of {', '.join(PULL_POLICIES)}, got {self.pull!r}")
 
 
 def new_run_id() -> str:

@@ -33,6 +33,7 @@ log = logging.getLogger("tbhud.engine")
 
 VERIFICATION_TAIL = 4000  # characters of verifier output carried in tb_task_complete
 TEARDOWN_GRACE_SEC = 30  # bound on the shielded clean-up of one task
+PROGRESS_STEP = 5.0  # percent of a pull between two tb_task_progress events
 
 
 def _ms(seconds: float) -> int:
@@ -54,6 +55,7 @@ class TaskRun:
         self.turn: int | None = None
         self.sandbox: Sandbox | None = None
         self.verifier_lines: list[str] = []
+        self.reported_percent = -100.0
         self.logs: dict[str, IO[str]] = {}
 
     # -- reporting -------------------------------------------------------------------------
@@ -66,6 +68,15 @@ class TaskRun:
         self.turn = turn if turn is not None else self.turn
         self.emit(TBTaskProgress(run_id=self.run_id, task_id=self.task.id, phase=self.phase,
                                  elapsed_ms=self.elapsed_ms(), current_turn=self.turn))
+
+    def _setup_progress(self, percent: float) -> None:
+        # A pull reports every chunk; clients hear of whole steps of PROGRESS_STEP only.
+        if percent - self.reported_percent >= PROGRESS_STEP or percent >= 100.0:
+            if percent != self.reported_percent:
+                self.reported_percent = percent
+                self.emit(TBTaskProgress(run_id=self.run_id, task_id=self.task.id,
+                                         phase="setup", elapsed_ms=self.elapsed_ms(),
+                                         detail="pulling", percent=percent))
 
     def output(self, text: str, source: OutputSource) -> None:
         log = "verifier.log" if source == "verification" else "agent.log"
@@ -112,7 +123,9 @@ class TaskRun:
 
     async def _phases(self) -> TaskResult:
         task, mult = self.task, self.config.timeout_multiplier
-        image = await self.sandboxes.prepare_image(task, self.system, timeout_multiplier=mult)
+        image = await self.sandboxes.prepare_image(
+            task, self.system, run_id=self.run_id, timeout_multiplier=mult,
+            pull=self.config.pull, progress=self._setup_progress)
         sandbox = self.sandbox = await self.sandboxes.create(task, image, run_id=self.run_id)
         env = task.environment
         self.emit(ContainerStart(run_id=self.run_id, task_id=task.id, container_id=sandbox.id,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import attrs
 import trio
@@ -27,6 +28,11 @@ MAX_LINE = 64 * 1024  # by default a "line" longer than this is passed on in pie
 # on_line(stream, line): stream is "stdout" or "stderr"; the line has no newline.
 LineHandler = Callable[[str, str], None]
 Log = Callable[[str], None]
+Progress = Callable[[float], None]
+# When to pull a task's image: only when it is missing (the default), always (once per run),
+# or never (a missing image is then an error).
+PullPolicy = Literal["missing", "always", "never"]
+PULL_POLICIES: tuple[PullPolicy, ...] = ("missing", "always", "never")
 
 
 class SandboxError(RuntimeError):
@@ -112,10 +118,13 @@ class SandboxProvider(abc.ABC):
     name: str  # shown in logs and errors, e.g. "docker"
 
     @abc.abstractmethod
-    async def prepare_image(self, task: TaskSpec, log: Log, *,
-                            timeout_multiplier: float = 1.0) -> str:
-        """The image to run `task` in: its `docker_image`, or its environment/ built
-        (cached) within build_timeout_sec x timeout_multiplier. Progress goes to `log`."""
+    async def prepare_image(self, task: TaskSpec, log: Log, *, run_id: str,
+                            timeout_multiplier: float = 1.0, pull: PullPolicy = "missing",
+                            progress: Progress | None = None) -> str:
+        """The image to run `task` in: its `docker_image` (pulled per `pull`: when missing,
+        once per run with "always", never), or its environment/ built (cached; base images
+        pulled as a build does, refreshed with "always"), within build_timeout_sec x
+        timeout_multiplier. Lines go to `log`, a pull's share done (0-100) to `progress`."""
 
     @abc.abstractmethod
     async def create(self, task: TaskSpec, image: str, *, run_id: str) -> Sandbox:

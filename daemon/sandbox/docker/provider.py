@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -24,7 +25,14 @@ import docker.errors
 import requests
 import trio
 
-from daemon.sandbox.base import BuildTimeout, Log, SandboxError, SandboxProvider
+from daemon.sandbox.base import (
+    BuildTimeout,
+    Log,
+    Progress,
+    PullPolicy,
+    SandboxError,
+    SandboxProvider,
+)
 from daemon.sandbox.docker.sandbox import DockerSandbox
 from daemon.sandbox.docker.streams import hang_up, pump
 from daemon.tasks.model import BASE_IMAGE, DEFAULT_WORKDIR, TaskSpec
@@ -87,7 +95,10 @@ class DockerSandboxes(SandboxProvider):
         # Stream readers live as long as their stream; they get their own, larger pool so that
         # long agent execs never starve short API calls.
         self.stream_limiter = trio.CapacityLimiter(256)
-        self.build_locks: dict[str, trio.Lock] = {}
+        # One build or pull of an image at a time; the run that last refreshed it (--pull
+        # always refreshes an image once per run, however many tasks use it).
+        self.image_locks: dict[str, trio.Lock] = {}
+        self.refreshed: dict[str, str] = {}
 
     @classmethod
     async def open(cls, home: Path) -> DockerSandboxes:
@@ -102,7 +113,7 @@ class DockerSandboxes(SandboxProvider):
             return await trio.to_thread.run_sync(partial(fn, *args, **kwargs),
                                                  limiter=self.api_limiter)
         except DOCKER_FAILURES as exc:
-            raise SandboxError(f"{what}: {exc}") from exc
+            raise SandboxError(f"{what}: {_reason(exc)}") from exc
 
     # -- images ----------------------------------------------------------------------------
 
@@ -128,47 +139,81 @@ class DockerSandboxes(SandboxProvider):
             except BaseImageError as exc:
                 raise SandboxError(str(exc)) from exc
 
-    async def prepare_image(self, task: TaskSpec, log: Log, *,
-                            timeout_multiplier: float = 1.0) -> str:
+    async def prepare_image(self, task: TaskSpec, log: Log, *, run_id: str,
+                            timeout_multiplier: float = 1.0, pull: PullPolicy = "missing",
+                            progress: Progress | None = None) -> str:
         env = task.environment
+        limit_sec = env.build_timeout_sec * timeout_multiplier
+        if env.docker_image == BASE_IMAGE:
+            await self.ensure_base_image(log)  # our own, built here: never pulled
+            return BASE_IMAGE
         if env.docker_image:
-            if env.docker_image == BASE_IMAGE:
-                await self.ensure_base_image(log)
-            elif not await self.image_exists(env.docker_image):
-                raise SandboxError(
-                    f"image {env.docker_image} is not on this engine; build or load it first "
-                    "(tbhud does not pull)")
+            await self._pull_as_asked(env.docker_image, pull, run_id=run_id, log=log,
+                                      progress=progress, limit_sec=limit_sec)
             return env.docker_image
         assert env.build_context is not None
         context = env.build_context
         name = _image_name(task.id, await trio.to_thread.run_sync(context_hash, context))
-        lock = self.build_locks.setdefault(name, trio.Lock())
+        lock = self.image_locks.setdefault(name, trio.Lock())
         async with lock:  # two tasks with one environment build it once
-            if await self.image_exists(name):
+            refresh = pull == "always" and self.refreshed.get(name) != run_id
+            if not refresh and await self.image_exists(name):
                 log(f"image {name} (cached)")
                 return name
             dockerfile = (context / "Dockerfile").read_text(errors="replace")
             if BASE_IMAGE in dockerfile:
                 await self.ensure_base_image(log)
             log(f"building {name} from {context}")
-            await self._build(context, name, env.build_timeout_sec * timeout_multiplier, log)
+            # A missing FROM image is pulled as `docker build` does; "always" refreshes it
+            # (our own base image is never on a registry: it is built above, not pulled).
+            await self._build(context, name, limit_sec, log,
+                              pull_base=refresh and BASE_IMAGE not in dockerfile)
+            self.refreshed[name] = run_id
         return name
 
-    async def _build(self, context: Path, tag: str, limit_sec: float, log: Log) -> None:
-        # A client of its own whose HTTP responses we keep (a requests response hook), so
-        # that a build past its time, or stopped, can be hung up on: the engine cancels a
-        # build whose client went away. Closing the client alone would not do it, since the
-        # connection in use is not in its pool.
-        client = (await self.call("cannot connect to build", docker.from_env,
-                                  timeout=int(limit_sec) + 60)).api
-        responses: list[Any] = []
-        client.hooks["response"].append(lambda r, *_a, **_k: responses.append(r))
-        errors: list[str] = []
-        finished = False
+    async def _pull_as_asked(self, image: str, pull: PullPolicy, *, run_id: str, log: Log,
+                             progress: Progress | None, limit_sec: float) -> None:
+        lock = self.image_locks.setdefault(image, trio.Lock())
+        async with lock:  # tasks that share an image wait for one pull of it
+            if pull == "always" and self.refreshed.get(image) == run_id:
+                return  # refreshed for this run already
+            if pull != "always" and await self.image_exists(image):
+                return
+            if pull == "never":
+                raise SandboxError(f"image {image} is not on this engine and --pull is never")
+            await self._pull(image, log, progress, limit_sec)
+            self.refreshed[image] = run_id
 
-        def produce() -> Iterator[dict[str, Any]]:
-            yield from client.build(path=str(context), tag=tag, rm=True, forcerm=True,
-                                    decode=True, pull=False)
+    async def _pull(self, image: str, log: Log, progress: Progress | None,
+                    limit_sec: float) -> None:
+        log(f"pulling {image}")
+        started = time.monotonic()
+        layers = PullProgress()
+        errors: list[str] = []
+
+        def consume(chunk: dict[str, Any]) -> None:
+            if "error" in chunk:
+                errors.append(str(chunk["error"]).strip())
+                return
+            line = layers.feed(chunk)
+            if line is not None:
+                log(line)
+            if progress is not None and layers.percent() is not None:
+                progress(layers.percent() or 0.0)
+
+        await self._stream(lambda api: api.pull(image, stream=True, decode=True), consume,
+                           limit_sec=limit_sec, what=f"cannot pull {image}",
+                           too_slow=f"pulling {image} exceeded its {limit_sec:g}s limit "
+                                    "(build_timeout_sec x timeout multiplier)")
+        if errors:
+            raise SandboxError(f"cannot pull {image}: {errors[-1]}")
+        if progress is not None:
+            progress(100.0)  # also when every layer was there already
+        log(f"pulled {image} in {time.monotonic() - started:.1f}s")
+
+    async def _build(self, context: Path, tag: str, limit_sec: float, log: Log, *,
+                     pull_base: bool) -> None:
+        errors: list[str] = []
 
         def consume(chunk: dict[str, Any]) -> None:
             if "stream" in chunk:
@@ -178,22 +223,42 @@ class DockerSandboxes(SandboxProvider):
             if "error" in chunk:
                 errors.append(chunk["error"].strip())
 
+        await self._stream(
+            lambda api: api.build(path=str(context), tag=tag, rm=True, forcerm=True,
+                                  decode=True, pull=pull_base),
+            consume, limit_sec=limit_sec, what="image build failed",
+            too_slow=f"image build exceeded its {limit_sec:g}s limit "
+                     "(build_timeout_sec x timeout multiplier)")
+        if errors:
+            raise SandboxError(f"image build failed: {errors[-1]}")
+
+    async def _stream(self, start: Callable[[docker.APIClient], Iterator[dict[str, Any]]],
+                      consume: Callable[[dict[str, Any]], None], *, limit_sec: float,
+                      what: str, too_slow: str) -> None:
+        """Read a long streamed API call (a build, a pull) within `limit_sec`; past it, or
+        when cancelled, hang up so that the engine stops the work (BuildTimeout `too_slow`).
+
+        The call gets a client of its own whose HTTP responses we keep (a requests response
+        hook), so that it can be hung up on: the engine cancels a build whose client went
+        away. Closing the client alone would not do it, since the connection in use is not
+        in its pool."""
+        client = (await self.call(what, docker.from_env, timeout=int(limit_sec) + 60)).api
+        responses: list[Any] = []
+        client.hooks["response"].append(lambda r, *_a, **_k: responses.append(r))
+        finished = False
         try:
             with trio.fail_after(limit_sec):
-                await pump(produce, consume, limiter=self.stream_limiter)
+                await pump(lambda: start(client), consume, limiter=self.stream_limiter)
             finished = True
         except trio.TooSlowError:
-            raise BuildTimeout(f"image build exceeded its {limit_sec:g}s limit "
-                               "(build_timeout_sec x timeout multiplier)") from None
+            raise BuildTimeout(too_slow) from None
         except DOCKER_FAILURES as exc:
-            raise SandboxError(f"image build failed: {exc}") from exc
+            raise SandboxError(f"{what}: {_reason(exc)}") from exc
         finally:
             if not finished:
                 for response in responses:
                     hang_up(response)
             client.close()
-        if errors:
-            raise SandboxError(f"image build failed: {errors[-1]}")
 
     async def image_workdir(self, image: str) -> str | None:
         img = await self.call(f"cannot inspect the image {image}", self.client.images.get, image)
@@ -245,6 +310,42 @@ class DockerSandboxes(SandboxProvider):
             return runs
 
         return await self.call("cannot remove orphaned containers", remove)
+
+
+def _reason(exc: BaseException) -> str:
+    """What the engine or the registry said, without the SDK's HTTP preamble."""
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation) if explanation else str(exc)
+
+
+class PullProgress:
+    """Layer progress of a pull: a line when a layer changes state, and the share of bytes
+    downloaded over the layers whose size is known (finished layers count whole)."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, tuple[int, int]] = {}  # layer -> (bytes done, total)
+        self.states: dict[str, str] = {}
+
+    def feed(self, chunk: dict[str, Any]) -> str | None:
+        layer, status = chunk.get("id"), str(chunk.get("status", ""))
+        if not layer or not isinstance(layer, str):
+            return status or None  # e.g. "Digest: sha256:..." or "Status: Downloaded ..."
+        detail = chunk.get("progressDetail") or {}
+        if status == "Downloading" and detail.get("total"):
+            self.sizes[layer] = (int(detail.get("current", 0)), int(detail["total"]))
+        elif status in ("Download complete", "Pull complete", "Already exists"):
+            done = self.sizes.get(layer, (1, 1))[1]
+            self.sizes[layer] = (done, done)
+        if self.states.get(layer) == status:
+            return None  # byte counts of the same state: a line each would flood the log
+        self.states[layer] = status
+        return f"{layer}: {status}"
+
+    def percent(self) -> float | None:
+        total = sum(t for _, t in self.sizes.values())
+        if not total:
+            return None
+        return round(100.0 * sum(d for d, _ in self.sizes.values()) / total, 1)
 
 
 def _alive(pid: int) -> bool:

@@ -37,12 +37,19 @@ async def pump(produce: Callable[[], Iterator[Any]], consume: Callable[[Any], No
             except trio.RunFinishedError:
                 pass  # trio is gone: nobody is left to tell
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(partial(trio.to_thread.run_sync, reader, abandon_on_cancel=True,
-                                   limiter=limiter))
-        with recv:
-            async for item in recv:
-                consume(item)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(trio.to_thread.run_sync, reader,
+                                       abandon_on_cancel=True, limiter=limiter))
+            with recv:
+                async for item in recv:
+                    consume(item)
+    except BaseExceptionGroup as group:
+        # The nursery is ours, not the caller's: a single error (the SDK's, raised in the
+        # reader) is handed on as itself, as trio-websocket's open_websocket does.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 class LineSplitter:
