@@ -39,6 +39,23 @@ def test_bad_task_toml_exits_2_naming_file_and_field(tmp_path: Path, home: Path)
     assert result.stdout == ""
 
 
+def test_a_broken_task_in_a_dataset_is_an_error_result_and_the_others_run(tmp_path: Path,
+                                                                          home: Path):
+    ds = tmp_path / "ds"
+    make_task(ds, "good", test="echo 1 > /logs/verifier/reward.txt\n", solve="true\n")
+    make_task(ds, "broken", test="true\n",
+              toml='[environment]\ndocker_image = "tbhud/base:bookworm"\ncpus = "two"\n')
+    result = run_cli(["run", str(ds), "--json"], home=home)
+    assert result.returncode == 1, result.stderr
+    summary = json.loads(result.stdout)
+    outcomes = {t["taskId"]: (t["outcome"], t["error"]) for t in summary["tasks"]}
+    assert outcomes["good"] == ("success", None)
+    assert outcomes["broken"][0] == "error"
+    assert "broken/task.toml: environment.cpus" in outcomes["broken"][1]
+    shown = json.loads(run_cli(["show", summary["runId"], "--json"], home=home).stdout)
+    assert any("environment.cpus" in (t["error"] or "") for t in shown["tasks"])  # kept
+
+
 def test_toml_syntax_error_exits_2_naming_the_line(tmp_path: Path, home: Path):
     task = make_task(tmp_path, "syntax", test="true\n")
     (task / "task.toml").write_text('version = "1.0"\n[agent\ntimeout_sec = 3\n')

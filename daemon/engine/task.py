@@ -123,6 +123,8 @@ class TaskRun:
 
     async def _phases(self) -> TaskResult:
         task, mult = self.task, self.config.timeout_multiplier
+        if task.load_error is not None:
+            return self._result("error", error=task.load_error)
         image = await self.sandboxes.prepare_image(
             task, self.system, run_id=self.run_id, timeout_multiplier=mult,
             pull=self.config.pull, progress=self._setup_progress)

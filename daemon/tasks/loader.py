@@ -410,8 +410,12 @@ def _load_dataset(dataset: Path, shown: str) -> Suite:
     tasks = []
     for sub in sorted(dataset.iterdir()):
         if sub.is_dir() and (sub / "task.toml").exists():
-            _confine(root, sub, f"{shown}/{sub.name}")  # a symlinked task must live inside
-            tasks.append(_load_task_dir(sub, f"{shown}/{sub.name}"))
+            where = f"{shown}/{sub.name}"
+            try:
+                _confine(root, sub, where)  # a symlinked task must live inside
+                tasks.append(_load_task_dir(sub, where))
+            except LoadError as exc:  # one broken task must not stop the others
+                tasks.append(_broken(sub.name, where, exc))
     if not tasks:
         raise LoadError(shown, None, f"no sub-directory holds a task.toml; {EXPECTED_INPUT}")
     tasks.sort(key=lambda t: t.id)
@@ -595,12 +599,22 @@ def _suite_task_from_dir(entry: _SuiteTask, at: str, suite_dir: Path, shown: str
     (instruction, environment, tests, solution); the entry only overrides metadata, limits
     and ids, and its `verification`/`setup`/`prompt`, if any, are not used."""
     assert entry.source_path is not None
+    # Anywhere (a TB2 checkout beside the suites, an absolute path), as long as it is a task
+    # directory; what is inside the task stays confined to it, as for any task.
     target = suite_dir / entry.source_path
-    _confine(suite_dir, target, shown, f"{at}.source_path")
     if not (target / "task.toml").is_file():
         raise LoadError(shown, f"{at}.source_path", "expected a TB2 task directory "
                         f"(with task.toml), got {entry.source_path!r}")
-    return _load_task_dir(target, str(Path(shown_dir) / entry.source_path))
+    where = str(Path(shown_dir) / entry.source_path)
+    try:
+        return _load_task_dir(target, where)
+    except LoadError as exc:  # the task is broken, not the suite: its entry ends as an error
+        return _broken(target.name, where, exc)
+
+
+def _broken(task_id: str, shown: str, error: LoadError) -> TaskSpec:
+    """A task that did not load: it runs as an `error` result with the loader's message."""
+    return TaskSpec(id=task_id, name=task_id, source=shown, load_error=str(error))
 
 
 def _suite_task_inline(entry: _SuiteTask, at: str, suite: _SuiteFile, suite_dir: Path,

@@ -69,6 +69,9 @@ class TaskSpec:
     # `[metadata]` author_name / author_email, for display.
     author_name: str | None = None
     author_email: str | None = None
+    # Why the task could not be loaded (file, field, what was expected): in a dataset such a
+    # task is kept, and runs as an `error` result with this text, so the others still run.
+    load_error: str | None = None
 
 
 @attrs.frozen
