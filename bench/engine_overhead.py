@@ -35,7 +35,9 @@ from daemon.tasks.model import BASE_IMAGE  # noqa: E402
 TEST_SH = "#!/bin/bash\nmkdir -p /logs/verifier\necho 1 > /logs/verifier/reward.txt\n"
 
 
-def make_dataset(root: Path, n: int) -> Path:
+def make_dataset(root: Path, n: int, *, solve: bool = False) -> Path:
+    """N tasks on the base image whose verifier writes reward 1 (with a no-op solve.sh for
+    the oracle when `solve`)."""
     for i in range(n):
         task = root / "tasks" / f"noop-{i:03d}"
         (task / "tests").mkdir(parents=True)
@@ -44,6 +46,9 @@ def make_dataset(root: Path, n: int) -> Path:
             "cpus = 1\nmemory_mb = 512\n")
         (task / "instruction.md").write_text("Do nothing.\n")
         (task / "tests" / "test.sh").write_text(TEST_SH)
+        if solve:
+            (task / "solution").mkdir()
+            (task / "solution" / "solve.sh").write_text("#!/bin/bash\ntrue\n")
     return root / "tasks"
 
 
@@ -69,25 +74,33 @@ def docker(*args: str) -> str:
 def run_raw(dataset: Path, out: Path) -> float:
     started = time.perf_counter()
     for task in sorted(dataset.iterdir()):
-        cid = docker("create", "--label", "tbhud.bench=1", "--cpus", "1", "--memory", "512m",
-                     "--memory-swap", "512m", "--pids-limit", "1024",
-                     "--security-opt", "no-new-privileges", "-w", "/app", BASE_IMAGE,
-                     "sleep", "infinity")
-        try:
-            docker("start", cid)
-            docker("exec", cid, "mkdir", "-p", "/tbhud")
-            docker("cp", str(task / "instruction.md"), f"{cid}:/tbhud/instruction.md")
-            docker("exec", "-u", "0", cid, "sh", "-c",
-                   "rm -rf /tests /logs/verifier && mkdir -p /logs/verifier")
-            docker("cp", str(task / "tests"), f"{cid}:/tests")
-            docker("exec", "-w", "/app", cid, "bash", "/tests/test.sh")
-            dest = out / task.name
-            dest.mkdir(parents=True, exist_ok=True)
-            docker("cp", f"{cid}:/logs/verifier", str(dest))
-            assert (dest / "verifier" / "reward.txt").read_text().strip() == "1"
-        finally:
-            docker("rm", "-f", cid)
+        raw_task(task, out)
     return time.perf_counter() - started
+
+
+def raw_task(task: Path, out: Path) -> None:
+    """One task as the raw docker CLI steps tbhud's engine takes (solve.sh when present)."""
+    cid = docker("create", "--label", "tbhud.bench=1", "--cpus", "1", "--memory", "512m",
+                 "--memory-swap", "512m", "--pids-limit", "1024",
+                 "--security-opt", "no-new-privileges", "-w", "/app", BASE_IMAGE,
+                 "sleep", "infinity")
+    try:
+        docker("start", cid)
+        docker("exec", cid, "mkdir", "-p", "/tbhud")
+        docker("cp", str(task / "instruction.md"), f"{cid}:/tbhud/instruction.md")
+        if (task / "solution").is_dir():
+            docker("cp", str(task / "solution"), f"{cid}:/solution")
+            docker("exec", "-w", "/app", cid, "bash", "/solution/solve.sh")
+        docker("exec", "-u", "0", cid, "sh", "-c",
+               "rm -rf /tests /logs/verifier && mkdir -p /logs/verifier")
+        docker("cp", str(task / "tests"), f"{cid}:/tests")
+        docker("exec", "-w", "/app", cid, "bash", "/tests/test.sh")
+        dest = out / task.name
+        dest.mkdir(parents=True, exist_ok=True)
+        docker("cp", f"{cid}:/logs/verifier", str(dest))
+        assert (dest / "verifier" / "reward.txt").read_text().strip() == "1"
+    finally:
+        docker("rm", "-f", cid)
 
 
 def main() -> None:
