@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -17,6 +17,7 @@ import trio
 
 from daemon.engine.run import Engine
 from daemon.sandbox.docker.env import LABEL, DockerEnv, instance_name
+from daemon.serving.process import Daemon, Options, run_daemon
 from daemon.store import Store
 from protocol import Event
 
@@ -50,6 +51,16 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def our_containers(client: docker.DockerClient, home: Path) -> list[str]:
     flt = {"label": f"{LABEL}={instance_name(home)}"}
     return [c.id for c in client.containers.list(all=True, filters=flt)]
+
+
+@pytest.fixture
+async def daemon(home: Path, nursery: trio.Nursery) -> AsyncIterator[Daemon]:
+    """A daemon in this process (its own home), on a Unix socket and a free local port."""
+    d = await nursery.start(run_daemon, Options(listen="127.0.0.1:0"))
+    try:
+        yield d
+    finally:
+        d.cancel_scope.cancel()
 
 
 @attrs.define
