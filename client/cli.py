@@ -35,16 +35,44 @@ def positive_float(text: str) -> float:
     return value
 
 
+def agent_option(text: str) -> tuple[str, object]:
+    """`-o NAME=VALUE`: VALUE as a JSON scalar when it reads as one (3, true, "x"), else as
+    the text itself; the daemon checks it against the type the agent declares."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return name, value if isinstance(value, str | int | float | bool) else raw
+
+
+def add_agent_options(p: argparse.ArgumentParser) -> None:
+    """-o/--agent-option, repeatable; `agent_options(args)` gives them as a dict."""
+    p.add_argument("-o", "--agent-option", dest="agent_option", action="append", default=[],
+                   type=agent_option, metavar="NAME=VALUE",
+                   help="an option of the agent (repeatable; `tbhud agents` lists each "
+                   "agent's); VALUE is read as JSON when it parses (3, true, '\"text\"'), "
+                   "else taken as text")
+
+
+def agent_options(args: argparse.Namespace) -> dict[str, object]:
+    return dict(args.agent_option)
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="a TB2 task directory, a dataset directory or a suite JSON")
     p.add_argument("--tasks", help="comma-separated task ids (default: all)")
     p.add_argument("--agent", default="oracle",
-                   help="oracle | nop | command | claude-code (default: oracle)")
-    p.add_argument("--agent-command", help="shell command for --agent command")
-    p.add_argument("--model", help="model for agents that take one (claude-code)")
-    p.add_argument("--max-turns", type=positive_int, help="turn limit for claude-code")
+                   help="the agent to run (default: oracle; see `tbhud agents`)")
+    add_agent_options(p)
+    p.add_argument("--agent-command", help="shorthand for -o command=CMD")
+    p.add_argument("--model", help="shorthand for -o model=M (agents that take one)")
+    p.add_argument("--max-turns", type=positive_int,
+                   help="shorthand for -o max_turns=N (agents that take one)")
     p.add_argument("--no-testgen", action="store_true",
-                   help="claude-code: hand over the bare instruction, no TestGen wrapper")
+                   help="shorthand for -o testgen=false (agents that take one)")
     p.add_argument("--concurrency", type=positive_int, default=1,
                    help="tasks run side by side (default 1)")
     p.add_argument("--timeout-multiplier", type=positive_float, default=1.0,
@@ -138,7 +166,8 @@ def cmd_hud(args: argparse.Namespace) -> int:
     from client.hud.app import main as hud_main  # prompt_toolkit only when a HUD is wanted
 
     options = {key: value for key, value in (
-        ("agent", args.agent), ("agentCommand", args.agent_command), ("model", args.model),
+        ("agent", args.agent), ("agentOptions", agent_options(args) or None),
+        ("agentCommand", args.agent_command), ("model", args.model),
         ("concurrency", args.concurrency)) if value is not None}
     return hud_main(args.path or "", url=args.url, token=args.token, run_options=options)
 
@@ -174,13 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", nargs="?", help="suite path to put in the path field")
     p.add_argument("--url", help="daemon WebSocket, ws://HOST:PORT (default: the local daemon)")
     p.add_argument("--token", help="token for --url (default: read from the local token file)")
-    p.add_argument("--agent", help="agent for runs started from the HUD (daemon default: oracle)")
-    p.add_argument("--agent-command", help="shell command for --agent command")
-    p.add_argument("--model", help="model for agents that take one")
+    p.add_argument("--agent", help="agent for runs started from the HUD (daemon default: "
+                   "oracle; see `tbhud agents`)")
+    add_agent_options(p)
+    p.add_argument("--agent-command", help="shorthand for -o command=CMD")
+    p.add_argument("--model", help="shorthand for -o model=M (agents that take one)")
     p.add_argument("--concurrency", type=positive_int, help="tasks run side by side")
     p.set_defaults(func=cmd_hud)
 
     register(sub)  # daemon, load, start, stop, status, events, compare
+    from client import agents_command
+
+    agents_command.register(sub)
     return parser
 
 

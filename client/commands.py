@@ -23,6 +23,7 @@ from client.cli import (
     EXIT_OK,
     BadInput,
     add_run_options,
+    agent_options,
     task_ids,
 )
 from client.connection import Connection, DaemonUnavailable, RpcError, open_connection
@@ -138,10 +139,12 @@ def start_params(args: argparse.Namespace) -> dict[str, Any]:
     """startTBRun params from the run options."""
     params: dict[str, Any] = {
         "suitePath": daemon_path(args, args.path), "agent": args.agent,
-        "concurrency": args.concurrency, "timeoutMultiplier": args.timeout_multiplier,
-        "testgen": not args.no_testgen}
-    optional = {"taskIds": task_ids(args), "agentCommand": args.agent_command,
-                "model": args.model, "maxTurns": args.max_turns, "image": args.image}
+        "concurrency": args.concurrency, "timeoutMultiplier": args.timeout_multiplier}
+    optional = {"taskIds": task_ids(args), "agentOptions": agent_options(args) or None,
+                "agentCommand": args.agent_command, "model": args.model,
+                "maxTurns": args.max_turns, "image": args.image,
+                # Only when given, so that it never contradicts -o testgen=...
+                "testgen": False if args.no_testgen else None}
     params.update({k: v for k, v in optional.items() if v is not None})
     return params
 

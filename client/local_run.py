@@ -12,9 +12,9 @@ import signal
 
 import trio
 
-from client.cli import BadInput, task_ids
+from client.cli import BadInput, agent_options, task_ids
 from client.render import Progress
-from daemon.agents import make_agent
+from daemon.agents import OptionError, resolve_options
 from daemon.engine.run import Engine, RunConfig
 from daemon.paths import data_dir
 from daemon.sandbox import open_local
@@ -24,15 +24,16 @@ from protocol import RunReport
 
 
 def config_from_args(args: argparse.Namespace, *, container_stats: bool) -> RunConfig:
-    try:
-        config = RunConfig(agent=args.agent, agent_command=args.agent_command, model=args.model,
-                           max_turns=args.max_turns, concurrency=args.concurrency,
-                           timeout_multiplier=args.timeout_multiplier,
-                           testgen=not args.no_testgen, container_stats=container_stats)
-        make_agent(config.agent, command=config.agent_command)  # refuse a bad agent up front
-    except ValueError as exc:
+    try:  # a bad agent or option is refused here, before anything starts
+        options = resolve_options(
+            args.agent, agent_options(args), agent_command=args.agent_command,
+            model=args.model, max_turns=args.max_turns,
+            testgen=False if args.no_testgen else None)
+    except OptionError as exc:
         raise BadInput(str(exc)) from exc
-    return config
+    return RunConfig(agent=args.agent, agent_options=options, concurrency=args.concurrency,
+                     timeout_multiplier=args.timeout_multiplier,
+                     container_stats=container_stats)
 
 
 def run_locally(args: argparse.Namespace) -> RunReport:

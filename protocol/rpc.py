@@ -15,6 +15,7 @@ Methods (HUD names first):
     stopTask      TaskParams         -> StoppedResult
     compareRuns   CompareParams      -> Comparison
     version       NoParams           -> VersionResult
+    getAgents     NoParams           -> AgentsResult        the agents this daemon can run
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ def _non_empty(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
 
 
 # -- params ----------------------------------------------------------------------------------
+AgentOptionValue = str | int | float | bool  # a JSON scalar
+
+
 @attrs.frozen
 class NoParams:
     pass
@@ -97,6 +101,11 @@ class StartRunParams:
     # When given, the run's directory (report.json, logs) is also copied here at run end.
     output_dir: str | None = None
     agent: str | None = None  # default "oracle"
+    # The agent's declared options by name (see getAgents), JSON scalars; checked against
+    # the agent's declarations when the run starts.
+    agent_options: dict[str, AgentOptionValue] | None = None
+    # Shorthands, handed to an agent that declares an option of that name (others ignore
+    # them): agentCommand = agentOptions.command, testgen, model, maxTurns = max_turns.
     agent_command: str | None = None
     model: str | None = None
     concurrency: int | None = attrs.field(default=None, validator=_at_least(1))
@@ -166,6 +175,47 @@ class HistoryResult:
 @attrs.frozen
 class VersionResult:
     version: str
+
+
+AgentOptionType = Literal["string", "integer", "number", "boolean"]
+
+
+@attrs.frozen
+class AgentOptionInfo:
+    """One option an agent declares: a `tbhud -o NAME=VALUE`, a key of `agentOptions`."""
+
+    name: str  # snake_case, as given in agentOptions
+    type: AgentOptionType
+    default: AgentOptionValue | None  # null: none (the agent decides, e.g. the CLI's own)
+    required: bool
+    help: str
+
+
+@attrs.frozen
+class AgentNeeds:
+    """What an agent needs from the host. Agents declare it (daemon/agents); the engine hands
+    an agent the variables it names from the daemon's environment, and no others."""
+
+    # Environment variables of which the agent needs one (a credential: masked as ***).
+    credentials: tuple[str, ...] = ()
+    # Environment variables passed on when set (not secret, e.g. a model name).
+    env: tuple[str, ...] = ()
+    # Programs that must be on the PATH, and files that must exist, in the task's container.
+    binaries: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class AgentInfo:
+    name: str
+    description: str
+    options: list[AgentOptionInfo]
+    needs: AgentNeeds
+
+
+@attrs.frozen
+class AgentsResult:
+    agents: list[AgentInfo]
 
 
 @attrs.frozen
@@ -269,6 +319,7 @@ PARAMS: dict[str, type] = {
     "stopTask": TaskParams,
     "compareRuns": CompareParams,
     "version": NoParams,
+    "getAgents": NoParams,
 }
 
 

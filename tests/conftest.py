@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -20,6 +20,7 @@ import trio
 from daemon.engine.run import Engine
 from daemon.sandbox.docker import DockerSandboxes, instance_name
 from daemon.sandbox.docker.provider import LABEL
+from daemon.serving.process import Daemon, Options, run_daemon
 from daemon.store import Store
 from protocol import Event
 
@@ -53,6 +54,16 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def our_containers(client: docker.DockerClient, home: Path) -> list[str]:
     flt = {"label": f"{LABEL}={instance_name(home)}"}
     return [c.id for c in client.containers.list(all=True, filters=flt)]
+
+
+@pytest.fixture
+async def daemon(home: Path, nursery: trio.Nursery) -> AsyncIterator[Daemon]:
+    """A daemon in this process (its own home), on a Unix socket and a free local port."""
+    d = await nursery.start(run_daemon, Options(listen="127.0.0.1:0"))
+    try:
+        yield d
+    finally:
+        d.cancel_scope.cancel()
 
 
 @attrs.define

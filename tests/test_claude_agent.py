@@ -92,11 +92,11 @@ def claude_task(root: Path, name: str, *, transcript: str = "success.jsonl",
         f'TBHUD_FAKE_TRANSCRIPT = "/opt/fake-claude/{transcript}"\n{env}\n{toml}'))
 
 
-async def run(rig: Rig, path: Path, **config: object):
+async def run(rig: Rig, path: Path, **options: object):
     suite = load(path)
     with trio.fail_after(LIMIT):
         return await rig.engine.run(suite, list(suite.tasks),
-                                    RunConfig(agent="claude-code", **config))
+                                    RunConfig(agent="claude-code", agent_options=options))
 
 
 def agent_lines(rig: Rig) -> list[str]:

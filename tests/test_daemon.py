@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from daemon.serving.hub import Frame, Hub, Outbox
-from daemon.serving.process import Daemon, Options, read_token, run_daemon
+from daemon.serving.process import Daemon, read_token
 from daemon.serving.service import Service
 from daemon.serving.transports import MAX_FRAME, UnixTransport, serve_connection
 from daemon.store import Store
@@ -27,15 +27,6 @@ from protocol.events import TBTaskOutput
 from tests.conftest import make_task, our_containers
 
 LIMIT = 120  # seconds any one test may take
-
-
-@pytest.fixture
-async def daemon(home: Path, nursery: trio.Nursery) -> AsyncIterator[Daemon]:
-    d = await nursery.start(run_daemon, Options(listen="127.0.0.1:0"))
-    try:
-        yield d
-    finally:
-        d.cancel_scope.cancel()
 
 
 class Peer:

@@ -42,7 +42,7 @@ async def test_tests_absent_during_agent_phase_and_planted_tests_replaced(rig: R
            "mkdir -p /tests /logs/verifier && "
            "printf 'echo 1 > /logs/verifier/reward.txt' > /tests/test.sh && "
            "echo 1 > /logs/verifier/reward.txt")
-    report = await run(rig, task, agent="command", agent_command=cmd)
+    report = await run(rig, task, agent="command", agent_options={"command": cmd})
     assert "TESTS-ABSENT" in agent_lines(rig, "no-peeking")
     assert report.tasks[0].outcome == "failure"
     assert report.tasks[0].reward == 0.0
@@ -66,7 +66,7 @@ async def test_agent_timeout_kills_background_processes_before_verification(rig:
           > /logs/verifier/reward.txt
         """
     task = make_task(tmp_path, "runaway", test=test, toml="[agent]\ntimeout_sec = 2\n")
-    report = await run(rig, task, agent="command", agent_command=cmd)
+    report = await run(rig, task, agent="command", agent_options={"command": cmd})
     result = report.tasks[0]
     assert result.outcome == "timeout"
     assert "agent timed out" in (result.error or "")
@@ -92,7 +92,7 @@ async def test_cpus_memory_pids_are_cgroup_limits_and_no_privileges(rig: Rig, tm
         memory_mb = 300
         """
     task = make_task(tmp_path, "limits", test="echo 1 > /logs/verifier/reward.txt\n", toml=toml)
-    await run(rig, task, agent="command", agent_command=cmd)
+    await run(rig, task, agent="command", agent_options={"command": cmd})
     lines = agent_lines(rig, "limits")
     assert "200000 100000" in lines
     assert f"mem={300 * 1024 * 1024}" in lines

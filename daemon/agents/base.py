@@ -1,24 +1,42 @@
 """What every agent shares: what runs inside the task's container during the agent phase.
 
-An agent gets an `AgentContext` and returns an `AgentResult`. It never handles its own time
-limit: the engine cancels it at the agent timeout and then kills every process in the
-container, so an agent only has to start its processes and report what they print.
+An agent is a class that declares, at class level, its `name`, `description`, `options` and
+`needs` (see `Agent`); the registry (daemon/agents/__init__.py) builds it from validated option
+values as `AgentClass(**values)`. It gets an `AgentContext` and returns an `AgentResult`. It
+never handles its own time limit: the engine cancels it at the agent timeout and then kills
+every process in the container, so an agent only has to start its processes and report what
+they print.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol
+import os
+from collections.abc import Callable, Mapping
+from typing import ClassVar
 
 import attrs
 
 from daemon.sandbox import Sandbox
 from daemon.tasks.model import TaskSpec
 from protocol import Event
+from protocol.rpc import AgentNeeds, AgentOptionValue
 
 INSTRUCTION_DIR = "/tbhud"
 INSTRUCTION_PATH = f"{INSTRUCTION_DIR}/instruction.md"  # documented in the README
 SOLUTION_DIR = "/solution"
+
+
+@attrs.frozen
+class Option:
+    """An option an agent declares: `-o NAME=VALUE` on the command line, `agentOptions.NAME`
+    in startTBRun, an argument of the agent's constructor."""
+
+    name: str  # snake_case: the constructor's argument
+    type: type[str] | type[int] | type[float] | type[bool]
+    help: str
+    default: AgentOptionValue | None = None  # None: not set (the agent decides)
+    required: bool = False
+    minimum: float | None = None  # for numbers
 
 
 class AgentError(RuntimeError):
@@ -47,8 +65,9 @@ class AgentContext:
     set_turn: Callable[[int], None]
     # Agent events (agent_message, tool_use, tool_result) for clients.
     emit: Callable[[Event], None]
-    model: str | None = None
-    max_turns: int | None = None
+    # The variables the agent's `needs` name (credentials, pass-through env), from the
+    # daemon's environment: an agent sees no other part of it.
+    host_env: dict[str, str] = attrs.Factory(dict)
     # What the agent has done so far, kept up to date by agents that can tell (claude-code):
     # the engine records it when it cuts the agent off at its timeout.
     partial_result: AgentResult | None = None
@@ -62,7 +81,20 @@ class AgentContext:
         return done.exit_code
 
 
-class Agent(Protocol):
-    name: str
+class Agent:
+    """What an agent module declares. Subclasses are attrs classes whose fields are their
+    options (constructed with every declared option, defaults filled in), and the module
+    exports the class as `AGENT` for the registry to find."""
 
-    async def run(self, ctx: AgentContext) -> AgentResult: ...
+    name: ClassVar[str]  # as in `--agent NAME`
+    description: ClassVar[str]  # one line for `tbhud agents`
+    options: ClassVar[tuple[Option, ...]] = ()
+    needs: ClassVar[AgentNeeds] = AgentNeeds()
+
+    async def run(self, ctx: AgentContext) -> AgentResult:
+        raise NotImplementedError
+
+
+def host_env(needs: AgentNeeds, environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The variables `needs` names that are set (non-empty) in `environ`."""
+    return {n: environ[n] for n in (*needs.credentials, *needs.env) if environ.get(n)}

@@ -7,17 +7,16 @@ The prompt (the instruction, wrapped in the TestGen workflow unless `testgen` is
 into the container as a file and read from stdin, and the command line reaches the CLI as
 separate argv elements: no shell ever parses anything that came from a task or a run.
 
-Credentials come from our own environment (`secret_env()` below) and go into the exec's
-environment only. Every line the CLI prints is redacted before anything else sees it.
+Credentials are what `needs` declares: the engine hands over those variables from the daemon's
+environment (`ctx.host_env`), and they go into the exec's environment only. Every line the CLI
+prints is redacted before anything else sees it.
 """
 
 from __future__ import annotations
 
-import os
-
 import attrs
 
-from daemon.agents.base import INSTRUCTION_DIR, AgentContext, AgentError, AgentResult
+from daemon.agents.base import INSTRUCTION_DIR, Agent, AgentContext, AgentError, AgentResult, Option
 from daemon.agents.claude_stream import (
     ClaudeStreamParser,
     Final,
@@ -32,11 +31,9 @@ from daemon.agents.claude_stream import (
     truncate_output,
 )
 from protocol.events import AgentMessage, ToolResult, ToolUse
+from protocol.rpc import AgentNeeds
 
 PROMPT_PATH = f"{INSTRUCTION_DIR}/prompt.md"
-# Values hidden in everything the agent reports. ANTHROPIC_MODEL is passed on too (see
-# secret_env) but is a model name, not a credential: the CLI's own init line shows it.
-CREDENTIALS = ("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN")
 # As root, the CLI refuses --dangerously-skip-permissions unless told it runs in a sandbox;
 # the task container is that sandbox.
 SANDBOX_ENV = {"IS_SANDBOX": "1"}
@@ -53,12 +50,6 @@ MISSING_CLAUDE = (
     "install it in a suite setup command (`npm install -g @anthropic-ai/claude-code`, which "
     "needs Node.js 18+ in the image)."
 )
-
-
-def secret_env() -> dict[str, str]:
-    """Credentials the CLI needs, from our own environment (never logged)."""
-    names = (*CREDENTIALS, "ANTHROPIC_MODEL")
-    return {n: os.environ[n] for n in names if os.environ.get(n)}
 
 
 def claude_argv(model: str | None, max_turns: int | None) -> list[str]:
@@ -85,13 +76,33 @@ def result_note(final: Final | None, exit_code: int | None) -> str | None:
 
 
 @attrs.frozen
-class ClaudeCodeAgent:
-    testgen: bool = True
-    name: str = "claude-code"
+class ClaudeCodeAgent(Agent):
+    name = "claude-code"
+    description = ("Anthropic's Claude Code CLI (`claude -p --output-format stream-json`), "
+                   "its stream read live into turns, tool calls, tokens and cost")
+    options = (
+        Option("testgen", bool, default=True,
+               help="wrap the instruction in tbhud's TestGen workflow (false: the bare one)"),
+        Option("model", str, help="--model for the CLI (default: the CLI's own)"),
+        Option("max_turns", int, minimum=1,
+               help="--max-turns for the CLI, at least 1 (default: the task's max_turns, "
+               "else the CLI's)"),
+    )
+    needs = AgentNeeds(
+        # Hidden as *** in everything the agent reports.
+        credentials=("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"),
+        # A model name, not a credential: the CLI's own init line shows it.
+        env=("ANTHROPIC_MODEL",),
+        # Declared only: the image must have it (see MISSING_CLAUDE).
+        binaries=("claude",))
+
+    testgen: bool
+    model: str | None
+    max_turns: int | None
 
     async def run(self, ctx: AgentContext) -> AgentResult:
-        env = secret_env()
-        secrets = [env[n] for n in CREDENTIALS if n in env]
+        env = ctx.host_env
+        secrets = [env[n] for n in self.needs.credentials if n in env]
         user, sandbox = ctx.task.agent_user, ctx.sandbox
 
         check = await sandbox.exec(["sh", "-c", "command -v claude"], user=user,
@@ -102,10 +113,11 @@ class ClaudeCodeAgent:
         prompt = testgen_instruction(ctx.instruction) if self.testgen else ctx.instruction
         await sandbox.put_files({"prompt.md": prompt.encode()}, INSTRUCTION_DIR)
 
+        max_turns = self.max_turns or ctx.task.max_turns
         parser = ClaudeStreamParser()
         session = _Session(ctx, parser, secrets)
         done = await sandbox.exec(
-            ["sh", "-c", RUN_SCRIPT, "sh", *claude_argv(ctx.model, ctx.max_turns)],
+            ["sh", "-c", RUN_SCRIPT, "sh", *claude_argv(self.model, max_turns)],
             user=user, environment={**env, **SANDBOX_ENV}, on_line=session.on_line,
             max_line=STREAM_LINE_MAX)
         note = result_note(parser.final, done.exit_code)
@@ -163,3 +175,6 @@ class _Session:
     def result(self, note: str | None = None) -> AgentResult:
         s = self.parser.summary()
         return AgentResult(turns=s.turns, tokens=s.tokens, cost_usd=s.cost_usd, note=note)
+
+
+AGENT = ClaudeCodeAgent

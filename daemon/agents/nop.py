@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import attrs
 
-from daemon.agents.base import AgentContext, AgentResult
+from daemon.agents.base import Agent, AgentContext, AgentResult
 
 
 @attrs.frozen
-class NopAgent:
-    """Does nothing: the baseline every task's tests must fail."""
-
-    name: str = "nop"
+class NopAgent(Agent):
+    name = "nop"
+    description = "does nothing: the baseline every task's tests must fail"
 
     async def run(self, ctx: AgentContext) -> AgentResult:
         return AgentResult(turns=0)
+
+
+AGENT = NopAgent

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import attrs
 
-from daemon.agents.base import SOLUTION_DIR, AgentContext, AgentError, AgentResult
+from daemon.agents.base import SOLUTION_DIR, Agent, AgentContext, AgentError, AgentResult
 
 
 @attrs.frozen
-class OracleAgent:
-    """Runs the task's own solution/solve.sh: proves the task can be solved."""
-
-    name: str = "oracle"
+class OracleAgent(Agent):
+    name = "oracle"
+    description = "runs the task's own solution/solve.sh: proves the task can be solved"
 
     async def run(self, ctx: AgentContext) -> AgentResult:
         if "solve.sh" not in ctx.task.solution_files:
@@ -19,3 +18,6 @@ class OracleAgent:
         await ctx.sandbox.put_files(ctx.task.solution_files, SOLUTION_DIR)
         code = await ctx.sh(f"bash {SOLUTION_DIR}/solve.sh")
         return AgentResult(turns=0, note=None if code == 0 else f"solve.sh exited {code}")
+
+
+AGENT = OracleAgent

@@ -34,14 +34,13 @@ from protocol.events import TBRunComplete, TBRunStart
 @attrs.frozen
 class RunConfig:
     agent: str = "oracle"
-    agent_command: str | None = None
-    model: str | None = None
-    max_turns: int | None = None
+    # The agent's options by name, as it declares them (daemon/agents: make_agent checks
+    # them); what is not given takes the declared default.
+    agent_options: dict[str, Any] = attrs.Factory(dict)
     concurrency: int = 1
     timeout_multiplier: float = 1.0
     # Replaces every task's agent timeout (the HUD's startTBRun `timeout`, seconds).
     agent_timeout_sec: float | None = None
-    testgen: bool = True
     pull: PullPolicy = "missing"
     # Live container CPU/memory for HUDs; `tbhud run` alone has nobody to show them to.
     container_stats: bool = True
@@ -98,7 +97,7 @@ class Engine:
     async def run(self, suite: Suite, tasks: list[TaskSpec], config: RunConfig, *,
                   run_id: str | None = None,
                   task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> RunReport:
-        agent = make_agent(config.agent, command=config.agent_command, testgen=config.testgen)
+        agent = make_agent(config.agent, config.agent_options)
         run = _Run(run_id or new_run_id())
         task_ids = [t.id for t in tasks]
         timestamp = now_iso()

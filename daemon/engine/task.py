@@ -9,7 +9,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import trio
 
-from daemon.agents.base import INSTRUCTION_DIR, AgentContext, AgentError, AgentResult
+from daemon.agents.base import INSTRUCTION_DIR, AgentContext, AgentError, AgentResult, host_env
 from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward
 from daemon.sandbox import Sandbox, SandboxError, Stats
 from daemon.tasks.model import TaskSpec
@@ -171,7 +171,7 @@ class TaskRun:
             sandbox=sandbox, task=task, run_id=self.run_id, instruction=task.instruction,
             output=lambda line: self.output(line, "agent"),
             set_turn=lambda turn: self.progress(turn=turn), emit=self.emit,
-            model=self.config.model, max_turns=self.config.max_turns or task.max_turns)
+            host_env=host_env(self.agent.needs))
         result = AgentResult()
         with trio.move_on_after(limit) as clock:
             result = await self.agent.run(ctx)

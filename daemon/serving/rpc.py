@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from daemon.agents import catalogue
 from daemon.serving.hub import Frame, Outbox
 from daemon.serving.service import Service
 from protocol import structure, unstructure
@@ -23,6 +24,7 @@ from protocol.rpc import (
     METHOD_NOT_FOUND,
     PARAMS,
     PARSE_ERROR,
+    AgentsResult,
     HistoryResult,
     RpcError,
     StartRunResult,
@@ -135,5 +137,6 @@ METHODS: dict[str, Callable[[Service, Outbox, Any], Awaitable[Any]]] = {
     "stopTask": _sync(lambda s, p: StoppedResult(stopped=s.stop_task(p.run_id, p.task_id))),
     "compareRuns": _sync(lambda s, p: s.compare(p.run_id, p.baseline_id)),
     "version": _sync(lambda s, p: VersionResult(version=s.version)),
+    "getAgents": _sync(lambda s, p: AgentsResult(agents=catalogue())),
 }
 assert METHODS.keys() == PARAMS.keys()

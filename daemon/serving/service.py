@@ -25,7 +25,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from daemon.agents import make_agent
+from daemon.agents import OptionError, resolve_options
 from daemon.engine.run import Engine, RunConfig, new_run_id
 from daemon.sandbox import SandboxError, SandboxProvider, open_local
 from daemon.serving.hub import Hub
@@ -271,16 +271,17 @@ class Service:
         run_id = self.current = new_run_id()  # reserved while we load and check
         self.idle = trio.Event()
         try:
-            try:
-                config = RunConfig(
-                    agent=p.agent or "oracle", agent_command=p.agent_command, model=p.model,
-                    max_turns=p.max_turns, concurrency=p.concurrency or 1,
-                    timeout_multiplier=p.timeout_multiplier or 1.0,
-                    agent_timeout_sec=p.timeout,
-                    testgen=True if p.testgen is None else p.testgen)
-                make_agent(config.agent, command=config.agent_command)  # refuse it up front
-            except ValueError as exc:
-                raise RpcError(INVALID_PARAMS, f"{exc} @ $.agent") from exc
+            agent = p.agent or "oracle"
+            try:  # bad options are refused here, before anything starts
+                options = resolve_options(agent, p.agent_options or {},
+                                          agent_command=p.agent_command, testgen=p.testgen,
+                                          model=p.model, max_turns=p.max_turns)
+            except OptionError as exc:
+                raise RpcError(INVALID_PARAMS, f"{exc} @ $.{exc.field}") from exc
+            config = RunConfig(agent=agent, agent_options=options,
+                               concurrency=p.concurrency or 1,
+                               timeout_multiplier=p.timeout_multiplier or 1.0,
+                               agent_timeout_sec=p.timeout)
             output_dir = None
             if p.output_dir:
                 output_dir = Path(p.output_dir)
