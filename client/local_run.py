@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import argparse
 import signal
+from typing import TYPE_CHECKING
 
 import trio
 
-from client.cli import BadInput, task_ids
+from client.commands.common import BadInput, CommandError
+from client.commands.runs import task_ids
 from client.render import Progress
-from daemon.agents import make_agent
-from daemon.engine.run import Engine, RunConfig
-from daemon.paths import data_dir
-from daemon.sandbox.docker.env import DockerEnv, connect, instance_name
-from daemon.store import Store
-from daemon.tasks.loader import load
 from protocol import RunReport
+
+if TYPE_CHECKING:
+    from daemon.engine.run import RunConfig
 
 
 def config_from_args(args: argparse.Namespace, *, container_stats: bool) -> RunConfig:
+    from daemon.agents import make_agent
+    from daemon.engine.run import RunConfig
+
     try:
         config = RunConfig(agent=args.agent, agent_command=args.agent_command, model=args.model,
                            max_turns=args.max_turns, concurrency=args.concurrency,
@@ -36,6 +38,27 @@ def config_from_args(args: argparse.Namespace, *, container_stats: bool) -> RunC
 
 
 def run_locally(args: argparse.Namespace) -> RunReport:
+    """The run's report; BadInput for a task or suite that does not load, CommandError when
+    Docker cannot be used."""
+    from daemon.sandbox.docker.env import DockerError
+    from daemon.tasks.model import LoadError
+
+    try:
+        return _run(args)
+    except LoadError as exc:
+        raise BadInput(str(exc)) from exc
+    except DockerError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _run(args: argparse.Namespace) -> RunReport:
+    # The daemon's engine, in this process: imported only when it runs here.
+    from daemon.engine.run import Engine
+    from daemon.paths import data_dir
+    from daemon.sandbox.docker.env import DockerEnv, connect, instance_name
+    from daemon.store import Store
+    from daemon.tasks.loader import load
+
     suite = load(args.path, default_image=args.image)
     tasks = suite.select(task_ids(args))
     config = config_from_args(args, container_stats=False)
