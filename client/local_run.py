@@ -40,9 +40,12 @@ def config_from_args(args: argparse.Namespace, *, container_stats: bool) -> RunC
 def run_locally(args: argparse.Namespace) -> RunReport:
     """The run's report; BadInput for a task or suite that does not load, CommandError when
     Docker cannot be used."""
-    from daemon.sandbox.docker.env import DockerError
-    from daemon.tasks.model import LoadError
-
+    try:
+        from daemon.sandbox.docker.env import DockerError
+        from daemon.tasks.model import LoadError
+    except ModuleNotFoundError as exc:  # a client-only install (no docker SDK)
+        raise CommandError(f"no daemon answers, and the engine cannot run here: {exc} "
+                           "(install tbhud with its dependencies, or pass --url)") from exc
     try:
         return _run(args)
     except LoadError as exc:

@@ -52,8 +52,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m daemon") -> int:
         options = [*(["--image", args.image] if args.image else []),
                    *(["--mirror", args.mirror] if args.mirror else [])]
         return baseimage.main(options)
-    from daemon.serving import process
-
+    try:
+        from daemon.serving import process
+    except ModuleNotFoundError as exc:  # e.g. a client-only install, without the docker SDK
+        print(f"tbhud daemon: cannot run here: {exc} (install tbhud with its dependencies)",
+              file=sys.stderr)
+        return EXIT_FAILED
     try:
         if args.action == "status":
             return _status(args)

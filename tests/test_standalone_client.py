@@ -85,6 +85,12 @@ def test_client_without_docker_sdk_drives_a_daemon_by_url(
 
     helped = tbhud("--help")
     assert helped.returncode == 0 and "hud" in helped.stdout, helped.stderr
+    # What needs the engine here says so in one line: autostarting a local daemon, and
+    # `tbhud run` in-process.
+    for args in (["load", str(suite)], ["run", str(suite)]):
+        failed = tbhud(*args)
+        assert failed.returncode == 1 and "No module named 'docker'" in failed.stderr
+        assert "Traceback" not in failed.stderr
 
     status = tbhud("status", "--json", *remote)
     assert status.returncode == 0, status.stderr
