@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -31,20 +32,28 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from daemon.serving.transports import FrameTooLarge, LineReader
-from protocol import EVENT_TYPES, Event, event_from_wire
+from protocol import EVENT_TYPES, Event, event_from_wire, locations
 from protocol.events import ErrorEvent
+from protocol.framing import FrameTooLarge, LineBuffer
 from protocol.rpc import RpcError
 
-__all__ = ["Connection", "DaemonUnavailable", "RpcError", "open_connection"]
+__all__ = ["CONNECTION_ERRORS", "Connection", "DaemonUnavailable", "RpcError",
+           "open_connection"]
 
 MAX_INCOMING = 256 * 1024 * 1024  # bytes of one frame from the daemon (getState can be big)
 CONNECT_TIMEOUT = 10.0  # seconds for a WebSocket handshake or close
 EVENT_BUFFER = 10_000  # events read but not yet consumed; beyond, the reader waits
+AUTOSTART_TIMEOUT = 90.0  # seconds for `python -m daemon start` (it waits 60 s for the child)
 
 
 class DaemonUnavailable(Exception):
     """No daemon answers, it refused us, or the connection to it was lost."""
+
+
+# What a lost or refused connection raises (the rest is a bug, not a reason to reconnect).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    DaemonUnavailable, OSError, trio.BrokenResourceError, trio.ClosedResourceError,
+    ConnectionClosed, HandshakeError)
 
 
 class _Transport(Protocol):
@@ -57,7 +66,7 @@ class _Transport(Protocol):
 class _UnixClient:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.lines = LineReader(stream, MAX_INCOMING)
+        self.lines = LineBuffer(MAX_INCOMING)
         self.lock = trio.Lock()  # calls from several tasks must not interleave their bytes
         self.closed_reason: str | None = None
 
@@ -67,10 +76,15 @@ class _UnixClient:
 
     async def receive(self) -> str | None:
         try:
-            line = await self.lines.readline()
+            while (line := self.lines.next_line()) is None:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    self.lines.end()
+                    return None
+                self.lines.feed(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError, FrameTooLarge):
             return None
-        return None if line is None else line.decode("utf-8", "replace")
+        return line.decode("utf-8", "replace")
 
     async def aclose(self) -> None:
         await self.stream.aclose()
@@ -198,33 +212,48 @@ async def open_connection(url: str | None = None, token: str | None = None, *,
 
 
 async def _connect_unix(autostart: bool) -> _Transport:
-    from daemon.serving import process
-
-    path = str(process.socket_path())
+    path = str(locations.socket_path())
     try:
         return _UnixClient(await trio.open_unix_socket(path))
     except OSError as exc:
         if not autostart:
             raise DaemonUnavailable(f"no tbhud daemon answers on {path} ({exc.strerror}); "
                                     "start one with `tbhud daemon`") from exc
+    socket = await _start_daemon()
     try:
-        status, _ = await trio.to_thread.run_sync(process.start_background, process.Options())
-    except process.DaemonError as exc:
-        raise DaemonUnavailable(str(exc)) from exc
-    try:
-        return _UnixClient(await trio.open_unix_socket(status.socket))
+        return _UnixClient(await trio.open_unix_socket(socket))
     except OSError as exc:
-        raise DaemonUnavailable(f"the daemon started but {status.socket} does not answer: "
+        raise DaemonUnavailable(f"the daemon started but {socket} does not answer: "
                                 f"{exc}") from exc
+
+
+async def _start_daemon() -> str:
+    """Start the local daemon by its own entry, as a user would (no daemon code runs in
+    this process); its socket once it listens. Two clients at once get the same daemon."""
+    command = [sys.executable, "-m", "daemon", "start", "--json"]
+    try:
+        with trio.fail_after(AUTOSTART_TIMEOUT):
+            done = await trio.run_process(command, capture_stdout=True, capture_stderr=True,
+                                          check=False)
+    except trio.TooSlowError:
+        raise DaemonUnavailable(f"`{' '.join(command[1:])}` did not return within "
+                                f"{AUTOSTART_TIMEOUT:g}s") from None
+    said = done.stderr.decode("utf-8", "replace").strip()
+    if done.returncode != 0:
+        raise DaemonUnavailable(said or f"the daemon did not start (exit {done.returncode})")
+    try:
+        socket = json.loads(done.stdout)["socket"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DaemonUnavailable(f"the daemon started but did not say where it listens: "
+                                f"{done.stdout[:200]!r}") from exc
+    return str(socket)
 
 
 async def _connect_ws(stack: contextlib.AsyncExitStack, url: str,
                       token: str | None) -> _Transport:
     if token is None:
-        from daemon.serving import process
-
         try:
-            token = process.token_path().read_text().strip()
+            token = locations.token_path().read_text().strip()
         except OSError as exc:
             raise DaemonUnavailable(f"no token given and none readable: {exc}") from exc
     try:

@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import argparse
 import signal
+from typing import TYPE_CHECKING
 
 import trio
 
-from client.cli import BadInput, agent_options, task_ids
+from client.commands.common import BadInput, CommandError
+from client.commands.runs import agent_options, task_ids
 from client.render import Progress
-from daemon.agents import OptionError, resolve_options
-from daemon.engine.run import Engine, RunConfig
-from daemon.paths import data_dir
-from daemon.sandbox import open_local
-from daemon.store import Store
-from daemon.tasks.loader import load
 from protocol import RunReport
+
+if TYPE_CHECKING:
+    from daemon.engine.run import RunConfig
 
 
 def config_from_args(args: argparse.Namespace, *, container_stats: bool) -> RunConfig:
+    from daemon.agents import OptionError, resolve_options
+    from daemon.engine.run import RunConfig
+
     try:  # a bad agent or option is refused here, before anything starts
         options = resolve_options(
             args.agent, agent_options(args), agent_command=args.agent_command,
@@ -37,18 +39,45 @@ def config_from_args(args: argparse.Namespace, *, container_stats: bool) -> RunC
 
 
 def run_locally(args: argparse.Namespace) -> RunReport:
+    """The run's report; BadInput for a task or suite that does not load, CommandError when
+    Docker cannot be used."""
+    try:
+        from daemon.sandbox import SandboxError
+        from daemon.tasks.model import LoadError
+    except ModuleNotFoundError as exc:  # a client-only install (no docker SDK)
+        raise CommandError(f"no daemon answers, and the engine cannot run here: {exc} "
+                           "(install tbhud with its dependencies, or pass --url)") from exc
+    try:
+        return _run(args)
+    except LoadError as exc:
+        raise BadInput(str(exc)) from exc
+    except SandboxError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _run(args: argparse.Namespace) -> RunReport:
+    # The daemon's engine, in this process: imported only when it runs here.
+    from daemon.engine.run import Engine
+    from daemon.paths import data_dir
+    from daemon.sandbox import open_local
+    from daemon.store import Store
+    from daemon.tasks.loader import load
+
     suite = load(args.path, default_image=args.image)
     tasks = suite.select(task_ids(args))
     config = config_from_args(args, container_stats=False)
     home = data_dir()
-    store = Store(home)
     progress = Progress(verbose=args.verbose)
     holder: dict[str, RunReport] = {}
 
     async def main() -> None:
+        # The engine first: with no Docker here, nothing is written to the data directory.
         sandboxes = await open_local(home)
         await sandboxes.remove_orphans()
-        engine = Engine(store, progress, sandboxes)
+        with Store(home) as store:
+            await run_with(Engine(store, progress, sandboxes))
+
+    async def run_with(engine: Engine) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
 
@@ -72,7 +101,6 @@ def run_locally(args: argparse.Namespace) -> RunReport:
         trio.run(main)
     finally:
         progress.close()
-        store.close()
     if "report" not in holder:
         raise KeyboardInterrupt
     return holder["report"]

@@ -13,8 +13,8 @@ import pytest
 import trio
 
 import daemon.agents
-from client.cli import agent_option, build_parser
-from client.commands import start_params
+from client.cli import build_parser
+from client.commands.runs import agent_option, start_params
 from daemon.agents import (
     OptionError,
     catalogue,

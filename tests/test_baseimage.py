@@ -101,8 +101,9 @@ def test_second_call_is_a_cache_hit(client, base_image):
     assert client.images.get(BASE_IMAGE).id == before
 
 
-def test_cli_reports_the_cached_image(base_image):
-    proc = subprocess.run([sys.executable, "-m", "daemon.sandbox.docker.baseimage"],
+@pytest.mark.parametrize("entry", [["daemon", "base-image"], ["daemon.sandbox.docker.baseimage"]])
+def test_cli_reports_the_cached_image(base_image, entry: list[str]):
+    proc = subprocess.run([sys.executable, "-m", *entry],
                           capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parent.parent)
     assert proc.returncode == 0, proc.stderr

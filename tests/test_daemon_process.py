@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -280,3 +281,37 @@ async def test_scripting_a_daemon_on_another_box_by_url_and_token(
         assert json.loads(compared.stdout)["tasks"][0]["change"] == "unchanged"
     assert not (elsewhere / "tbhud.sqlite3").exists()  # nothing ran or was stored locally
     assert our_containers(docker_client, daemon_home) == []
+
+
+def test_python_m_daemon_is_the_daemons_own_entry(daemon_home: Path):
+    env = {**os.environ, "TBHUD_HOME": str(daemon_home)}
+
+    def entry(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "daemon", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=LIMIT)
+
+    assert entry("status").returncode == 1
+    assert entry("--bogus").returncode == 2
+    far = entry("--listen", "192.0.2.1:4242")
+    assert far.returncode == 1 and "--allow-remote" in far.stderr and not process.daemon_running()
+
+    started = entry("start", "--json")
+    assert started.returncode == 0, started.stderr
+    status = json.loads(started.stdout)
+    assert "started the daemon" in started.stderr
+    # The background daemon is the entry's own --foreground, not the client's.
+    argv = Path(f"/proc/{status['pid']}/cmdline").read_bytes().split(b"\0")
+    assert argv[1:4] == [b"-m", b"daemon", b"--foreground"]
+
+    again = entry("--json")  # start is the default action; one daemon per home
+    assert again.returncode == 0 and "already runs" in again.stderr
+    assert json.loads(again.stdout) == status
+    shown = run_cli(["daemon", "status", "--json"], home=daemon_home)  # the same code
+    assert json.loads(shown.stdout) == status
+    helped = run_cli(["daemon", "--help"], home=daemon_home)
+    assert helped.returncode == 0 and "--foreground" in helped.stdout
+    assert helped.stdout.startswith("usage: tbhud daemon")
+
+    stopped = entry("stop")
+    assert stopped.returncode == 0 and "stopped the daemon" in stopped.stderr
+    assert not process.daemon_running()

@@ -17,16 +17,12 @@ from prompt_toolkit.output import DummyOutput
 
 from client.hud import app as hud_app
 from client.hud.app import Hud
+from client.hud.state import HudState
 from protocol import event_from_wire
+from protocol.rpc import RpcError
 from tests.test_hud_state import _report, complete, output, run_start, suite_info, task_start
 
 CTRL_C, CTRL_L, CTRL_T, CTRL_X, TAB = "\x03", "\x0c", "\x14", "\x18", "\t"
-
-
-class RpcError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message, self.data = code, message, None
 
 
 class FakeConnection:
@@ -313,3 +309,67 @@ def test_scrolling_the_output_and_following_again() -> None:
         keys.send_text("q")
 
     drive(scenario)
+
+
+def test_a_bug_in_the_link_is_shown_and_kept_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hud_app, "BACKOFF_FIRST", 0.01)  # a retry would come at once
+
+    def apply(self: HudState, event: Any) -> None:
+        raise RuntimeError("boom while applying an event")
+
+    async def scenario(hud: Hud, daemon: FakeDaemon, keys: Any) -> None:
+        monkeypatch.setattr(HudState, "apply", apply)
+        daemon.conn.push(suite_info("a"))
+        await until(lambda: hud.state.link == "failed")
+        assert "boom while applying an event" in hud.state.link_error
+        assert "boom while applying an event" in hud.state.notice  # the error line
+        assert len(hud.errors) == 1
+        assert "Traceback" in hud.errors[0] and "RuntimeError" in hud.errors[0]
+        assert daemon.conn.closed  # the link is down ...
+
+        async def job() -> None:
+            await hud.call("getState")
+
+        hud.submit(job)  # ... and stays down: the job finds no connection
+        await until(lambda: "restart the HUD" in hud.state.notice)
+        assert hud.state.link == "failed"
+        keys.send_text("q")
+
+    daemon = drive(scenario)
+    assert daemon.connections == 1 and daemon.autostart == [True]  # no reconnect loop
+
+
+def test_a_refusal_is_a_message_and_a_bug_in_a_job_is_kept() -> None:
+    def refuse(params: dict[str, Any]) -> Any:
+        raise RpcError(-32001, f"cannot load {params['path']}: no such file")
+
+    def bug(params: dict[str, Any]) -> Any:
+        raise ZeroDivisionError("a bug of ours")
+
+    async def scenario(hud: Hud, daemon: FakeDaemon, keys: Any) -> None:
+        daemon.answers["loadTBSuite"] = refuse
+        keys.send_text(CTRL_L)
+        await until(lambda: hud.state.notice == "error: cannot load /x: no such file")
+        assert hud.errors == []  # the daemon's refusal is no bug
+        daemon.answers["loadTBSuite"] = bug
+        keys.send_text(CTRL_L)
+        await until(lambda: len(hud.errors) == 1)
+        assert "ZeroDivisionError" in hud.errors[0] and "a bug of ours" in hud.state.notice
+        assert hud.state.link == "connected"  # the link is fine: nothing to reconnect
+        keys.send_text("q")
+
+    daemon = drive(scenario, path="/x")
+    assert daemon.connections == 1
+
+
+def test_main_prints_the_tracebacks_once_the_app_is_gone(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    async def run_async(self: Hud) -> None:
+        self.errors.append("Traceback (most recent call last):\nRuntimeError: boom\n")
+
+    monkeypatch.setattr(Hud, "run_async", run_async)
+    with create_pipe_input() as keyboard:
+        monkeypatch.setattr(hud_app, "Hud", lambda *a, **k: Hud(
+            *a, **k, input=keyboard, output=DummyOutput()))
+        assert hud_app.main() == 1
+    assert "RuntimeError: boom" in capsys.readouterr().err

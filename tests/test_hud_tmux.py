@@ -21,7 +21,7 @@ from tests.conftest import ROOT, make_task, our_containers
 
 pytestmark = pytest.mark.docker
 
-# `python -m client` is `tbhud` (the daemon starts itself the same way).
+# `python -m client` is `tbhud` (the daemon's own entry is `python -m daemon`).
 TBHUD = [sys.executable, "-m", "client"]
 SCREENS = Path(os.environ.get("TBHUD_SCREENS", "")) if os.environ.get("TBHUD_SCREENS") else None
 

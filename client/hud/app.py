@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -25,12 +27,13 @@ from prompt_toolkit.application import Application
 from prompt_toolkit.input import Input
 from prompt_toolkit.output import ColorDepth, Output
 
+from client.connection import CONNECTION_ERRORS
 from client.hud.keys import make_key_bindings
 from client.hud.layout import STYLE, HudLayout
 from client.hud.state import HudState, report_from_wire, suite_from_wire, summary_from_wire
 from protocol import structure
 from protocol.events import TBRunComplete
-from protocol.rpc import METHOD_NOT_FOUND, Comparison, compare
+from protocol.rpc import METHOD_NOT_FOUND, Comparison, RpcError, compare
 
 # Redraw at most this often however fast events come (the HUD doc's throttle); the clock
 # still ticks once a second when nothing happens.
@@ -60,7 +63,7 @@ def describe(exc: BaseException) -> str:
 
 def _default_connect(url: str | None, token: str | None, *,
                      autostart: bool) -> AbstractAsyncContextManager[Any]:
-    from client.connection import open_connection  # written alongside the daemon
+    from client.connection import open_connection
 
     return open_connection(url, token, autostart=autostart)
 
@@ -96,6 +99,8 @@ class Hud:
         self._quitting = False
         self.conn: Any = None
         self.outcome: outcome.Outcome[None] | None = None
+        # Tracebacks of our own bugs, printed once the terminal is ours again (`main`).
+        self.errors: list[str] = []
 
     # -- running -------------------------------------------------------------------------
 
@@ -145,9 +150,11 @@ class Hud:
     # -- the link to the daemon ----------------------------------------------------------
 
     async def _link(self) -> None:
-        """Connect, resync (subscribe + getState), apply events; on loss, retry with
-        backoff. Only the first attempt may start a daemon: one that went away on purpose
-        is not brought back behind the user's back."""
+        """Connect, resync (subscribe + getState), apply events; on a lost or refused
+        connection, retry with backoff. Only the first attempt may start a daemon: one that
+        went away on purpose is not brought back behind the user's back. Any other error is
+        a bug: recorded with its traceback and shown, and the link stays down (retrying
+        would hit it again, and hide it behind "reconnecting")."""
         attempt = 0
         first = True
         while True:
@@ -162,8 +169,12 @@ class Hud:
                             self.submit(self._refresh_history)
                         self.invalidate()
                 error = "the daemon closed the connection"
-            except Exception as exc:
+            except CONNECTION_ERRORS as exc:
                 error = describe(exc)
+            except Exception as exc:
+                self.state.failed(describe(exc))
+                self._bug(exc)
+                return
             finally:
                 self.conn = None
             first = False
@@ -196,11 +207,23 @@ class Hud:
             try:
                 await job()
             except NotConnected:
-                self.state.say("not connected to the daemon (reconnecting…)")
+                self.state.say("not connected to the daemon (the link ended on an error: "
+                               "restart the HUD)" if self.state.link == "failed" else
+                               "not connected to the daemon (reconnecting…)")
+            except RpcError as exc:  # the daemon refused: it says why
+                self.state.say(f"error: {exc.message}")
+            except CONNECTION_ERRORS as exc:  # the link task reconnects
+                self.state.say(f"error: {describe(exc)}")
             except Exception as exc:
-                message = getattr(exc, "message", None) or describe(exc)
-                self.state.say(f"error: {message}")
+                self._bug(exc)
             self.invalidate()
+
+    def _bug(self, exc: Exception) -> None:
+        """An error of ours: its traceback is kept for after the app, one line is shown."""
+        self.errors.append("".join(traceback.format_exception(exc)))
+        self.state.say(f"error: {describe(exc)} ({type(exc).__name__}; the traceback is "
+                       "printed when the HUD exits)")
+        self.invalidate()
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         if self.conn is None:
@@ -333,8 +356,8 @@ class Hud:
     async def _compare(self, run_id: str, baseline_id: str) -> Comparison:
         try:
             result = await self.call("compareRuns", {"runId": run_id, "baselineId": baseline_id})
-        except Exception as exc:
-            if getattr(exc, "code", None) != METHOD_NOT_FOUND:
+        except RpcError as exc:
+            if exc.code != METHOD_NOT_FOUND:
                 raise
             # A daemon without compareRuns: the same comparison, from both reports.
             now = report_from_wire(await self.call("getRun", {"runId": run_id}))
@@ -350,6 +373,9 @@ class Hud:
 
 def main(path: str = "", *, url: str | None = None, token: str | None = None,
          run_options: dict[str, Any] | None = None) -> int:
+    """Run the HUD until `q`; 1 when it met a bug of its own (tracebacks on stderr)."""
     hud = Hud(path, url=url, token=token, run_options=run_options)
     asyncio.run(hud.run_async())
-    return 0
+    for text in hud.errors:
+        print(f"tbhud hud: an internal error:\n{text}", file=sys.stderr)
+    return 1 if hud.errors else 0

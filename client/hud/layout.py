@@ -171,6 +171,8 @@ def title_text(state: HudState, width: int) -> StyleAndTextTuples:
     elif state.link == "reconnecting":
         why = f": {state.link_error}" if state.link_error else ""
         style, link = "class:title.bad", f"◌ reconnecting… attempt {state.attempt}{why}"
+    elif state.link == "failed":
+        style, link = "class:title.bad", f"✗ disconnected by an error: {state.link_error}"
     else:
         style, link = "class:title.bad", "◌ connecting…"
     head, right = " tbhud ", "? help  q quit "

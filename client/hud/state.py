@@ -147,7 +147,7 @@ class HudState:
     clock: Callable[[], float] = time.monotonic
 
     # -- the link to the daemon --
-    link: str = "connecting"  # connecting | connected | reconnecting
+    link: str = "connecting"  # connecting | connected | reconnecting | failed
     attempt: int = 0  # reconnection attempts since the link was lost
     link_error: str | None = None
     daemon_version: str | None = None
@@ -227,6 +227,10 @@ class HudState:
 
     def lost(self, attempt: int, error: str) -> None:
         self.link, self.attempt, self.link_error = "reconnecting", attempt, error
+
+    def failed(self, error: str) -> None:
+        """The link ended on a bug of ours: no reconnecting (it would fail the same way)."""
+        self.link, self.link_error = "failed", error
 
     # -- events --------------------------------------------------------------------------
 

@@ -23,6 +23,9 @@ async def open_local(home: Path) -> SandboxProvider:
     answers). `home` is the data directory, whose sandboxes are told apart from other
     instances'. (The docker SDK is imported here, not at start, so that serving code loads
     without it.)"""
-    from daemon.sandbox.docker import DockerSandboxes
-
+    try:
+        from daemon.sandbox.docker import DockerSandboxes
+    except ModuleNotFoundError as exc:  # a client-only install
+        raise SandboxError(f"the engine cannot run here: {exc} (install tbhud with its "
+                           "dependencies, or use a daemon elsewhere with --url)") from exc
     return await DockerSandboxes.open(home)

@@ -1,6 +1,6 @@
 """The daemon as a process: one per $TBHUD_HOME, started in the background like tmux.
 
-Files (runtime directory, 0700: daemon.paths.runtime_dir()):
+Files (runtime directory, 0700: protocol/locations.py names them, daemon.paths makes it):
     daemon.pid    the daemon's pid, flock()ed for its whole life: a lock we can take means
                   no daemon runs, and whatever socket or status file lies around is stale
     daemon.sock   the Unix socket
@@ -9,9 +9,9 @@ Files (data directory: daemon.paths.data_dir()):
     token         the WebSocket token, 0600, made once and kept across restarts
     daemon.log    what a background daemon prints
 
-`tbhud daemon` starts `tbhud daemon --foreground` detached (new session, stdin from
-/dev/null, output to daemon.log) and returns when the child says, through an inherited
-pipe, that it listens — or prints the end of the log when it died first.
+`python -m daemon` (also `tbhud daemon`) starts `python -m daemon --foreground` detached (new
+session, stdin from /dev/null, output to daemon.log) and returns when the child says, through
+an inherited pipe, that it listens — or prints the end of the log when it died first.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from daemon.serving.hub import Hub
 from daemon.serving.service import Service
 from daemon.serving.transports import serve_unix, serve_ws
 from daemon.store import Store
+from protocol import locations
 
 log = logging.getLogger("tbhud.daemon")
 
@@ -54,25 +55,30 @@ class DaemonError(Exception):
     """The daemon cannot start (or stop); the text says why."""
 
 
-# -- files -----------------------------------------------------------------------------------
+# -- files (named in protocol/locations.py; their directories are made here, 0700) ----------
 def pid_path() -> Path:
-    return runtime_dir() / "daemon.pid"
+    runtime_dir()
+    return locations.pid_path()
 
 
 def socket_path() -> Path:
-    return runtime_dir() / "daemon.sock"
+    runtime_dir()
+    return locations.socket_path()
 
 
 def status_path() -> Path:
-    return runtime_dir() / "daemon.json"
+    runtime_dir()
+    return locations.status_path()
 
 
 def token_path() -> Path:
-    return data_dir() / "token"
+    data_dir()
+    return locations.token_path()
 
 
 def log_path() -> Path:
-    return data_dir() / "daemon.log"
+    data_dir()
+    return locations.log_path()
 
 
 def read_token() -> str:
@@ -318,7 +324,7 @@ def start_background(options: Options) -> tuple[Status, bool]:
     if running is not None:
         return running, False
     read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "client", "daemon", "--foreground",
+    cmd = [sys.executable, "-m", "daemon", "--foreground",
            "--ready-fd", str(write_fd)]
     if options.listen:
         cmd += ["--listen", options.listen]

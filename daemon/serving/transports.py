@@ -31,9 +31,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from daemon.serving.hub import CLOSE_GRACE, Frame, Outbox
 from daemon.serving.rpc import error_text, handle
 from daemon.serving.service import Service
-from protocol.rpc import (
-    INVALID_REQUEST,
-)
+from protocol.framing import FrameTooLarge, LineBuffer
+from protocol.rpc import INVALID_REQUEST
 
 log = logging.getLogger("tbhud.server")
 
@@ -41,40 +40,16 @@ MAX_FRAME = 1024 * 1024  # bytes of one request; replies and events may be large
 _ids = itertools.count(1)
 
 
-class FrameTooLarge(Exception):
-    pass
-
-
 # -- framing ---------------------------------------------------------------------------------
-class LineReader:
-    """Lines from a byte stream, each at most `limit` bytes (FrameTooLarge beyond)."""
-
-    def __init__(self, stream: trio.abc.ReceiveStream, limit: int) -> None:
-        self.stream = stream
-        self.limit = limit
-        self.buffer = bytearray()
-        self.searched = 0  # bytes of `buffer` known to hold no newline
-
-    async def readline(self) -> bytes | None:
-        """The next line without its newline; None at end of stream."""
-        while True:
-            end = self.buffer.find(b"\n", self.searched)
-            if end > self.limit:
-                raise FrameTooLarge(f"a message over {self.limit} bytes")
-            if end >= 0:
-                line = bytes(self.buffer[:end])
-                del self.buffer[:end + 1]
-                self.searched = 0
-                return line
-            self.searched = len(self.buffer)
-            if len(self.buffer) > self.limit:
-                raise FrameTooLarge(f"a message over {self.limit} bytes")
-            data = await self.stream.receive_some(65536)
-            if not data:
-                if self.buffer.strip():
-                    raise FrameTooLarge("the stream ended inside a message")
-                return None
-            self.buffer += data
+async def read_line(stream: trio.abc.ReceiveStream, lines: LineBuffer) -> bytes | None:
+    """The next line from `stream` without its newline; None at its end."""
+    while (line := lines.next_line()) is None:
+        data = await stream.receive_some(65536)
+        if not data:
+            lines.end()
+            return None
+        lines.feed(data)
+    return line
 
 
 class Transport(Protocol):
@@ -89,11 +64,11 @@ class UnixTransport:
     def __init__(self, stream: trio.SocketStream, name: str) -> None:
         self.stream = stream
         self.name = name
-        self.lines = LineReader(stream, MAX_FRAME)
+        self.lines = LineBuffer(MAX_FRAME)
 
     async def receive(self) -> str | None:
         try:
-            line = await self.lines.readline()
+            line = await read_line(self.stream, self.lines)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
         return None if line is None else line.decode("utf-8", "replace")

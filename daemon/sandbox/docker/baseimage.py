@@ -256,7 +256,7 @@ def _remove_tree(path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m daemon.sandbox.docker.baseimage",
+    parser = argparse.ArgumentParser(prog="python -m daemon base-image",
                                      description="Build tbhud's base image from Debian packages "
                                                  "(nothing happens when Docker already has it).")
     parser.add_argument("--image", default=BASE_IMAGE, help=f"image name (default {BASE_IMAGE})")

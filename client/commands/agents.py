@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from client.cli import EXIT_OK
+from client.commands.common import EXIT_OK, add_daemon_options, print_json, talk
 
 
 def needs_lines(needs: dict[str, Any]) -> list[str]:
@@ -45,22 +45,18 @@ def agents_text(agents: list[dict[str, Any]]) -> str:
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
-    from client.commands import _print_json, _talk
-
     async def go(conn: Any) -> int:
         agents = (await conn.call("getAgents"))["agents"]
         if args.json:
-            _print_json(agents)
+            print_json(agents)
         else:
             print(agents_text(agents))
         return EXIT_OK
-    return _talk(go, args)
+    return talk(go, args)
 
 
 def register(sub: Any) -> None:
     """Add `agents` to `tbhud`'s sub-parsers."""
-    from client.commands import add_daemon_options
-
     p = sub.add_parser("agents", help="the agents the daemon can run: options, needs")
     p.add_argument("--json", action="store_true", help="the getAgents list")
     add_daemon_options(p)

@@ -1,0 +1,230 @@
+"""`tbhud run`, `start`, `stop`, and following a run's progress (shared by `run` and
+`start --wait`): the same progress on stderr, summary on stdout and exit status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from typing import Any
+
+import trio
+
+from client.commands.common import (
+    EXIT_NOT_ALL_PASSED,
+    EXIT_OK,
+    BadInput,
+    add_daemon_options,
+    connect,
+    daemon_path,
+    positive_float,
+    positive_int,
+    print_json,
+    talk,
+)
+from client.connection import Connection, DaemonUnavailable, RpcError
+from client.render import Progress
+from protocol import RunReport, converter, structure
+from protocol.events import TBRunComplete
+from protocol.rpc import INVALID_PARAMS, LOAD_FAILED
+
+
+def agent_option(text: str) -> tuple[str, object]:
+    """`-o NAME=VALUE`: VALUE as a JSON scalar when it reads as one (3, true, "x"), else as
+    the text itself; the daemon checks it against the type the agent declares."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return name, value if isinstance(value, str | int | float | bool) else raw
+
+
+def add_agent_options(p: argparse.ArgumentParser) -> None:
+    """-o/--agent-option, repeatable; `agent_options(args)` gives them as a dict."""
+    p.add_argument("-o", "--agent-option", dest="agent_option", action="append", default=[],
+                   type=agent_option, metavar="NAME=VALUE",
+                   help="an option of the agent (repeatable; `tbhud agents` lists each "
+                   "agent's); VALUE is read as JSON when it parses (3, true, '\"text\"'), "
+                   "else taken as text")
+    p.add_argument("--agent-command", help="shorthand for -o command=CMD")
+    p.add_argument("--model", help="shorthand for -o model=M (agents that take one)")
+
+
+def agent_options(args: argparse.Namespace) -> dict[str, object]:
+    return dict(args.agent_option)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", help="a TB2 task directory, a dataset directory or a suite JSON")
+    p.add_argument("--tasks", help="comma-separated task ids (default: all)")
+    p.add_argument("--agent", default="oracle",
+                   help="the agent to run (default: oracle; see `tbhud agents`)")
+    add_agent_options(p)
+    p.add_argument("--max-turns", type=positive_int,
+                   help="shorthand for -o max_turns=N (agents that take one)")
+    p.add_argument("--no-testgen", action="store_true",
+                   help="shorthand for -o testgen=false (agents that take one)")
+    p.add_argument("--concurrency", type=positive_int, default=1,
+                   help="tasks run side by side (default 1)")
+    p.add_argument("--timeout-multiplier", type=positive_float, default=1.0,
+                   help="scales every task's agent, verifier and build time limits")
+    p.add_argument("--image", help="image for suite tasks that name none "
+                   "(default: the project's base image)")
+
+
+def task_ids(args: argparse.Namespace) -> list[str] | None:
+    return [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+
+
+# -- run -------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    # A running daemon takes the run, so that attached HUDs see it; else run in-process.
+    report = run_via_daemon(args)
+    if report is None:
+        from client.local_run import run_locally  # the engine, in this process
+
+        report = run_locally(args)
+    return report_exit(report, args.json)
+
+
+def run_via_daemon(args: argparse.Namespace) -> RunReport | None:
+    """`tbhud run` through a running daemon, so attached HUDs see it; None when no daemon
+    answers (the caller then runs in-process). Raises BadInput for bad params or suites."""
+    progress = Progress(verbose=args.verbose)
+
+    async def main() -> RunReport | None:
+        connected = False
+        try:
+            async with connect(args, autostart=False) as conn:
+                connected = True
+                return await follow_run(conn, start_params(args), progress)
+        except DaemonUnavailable:
+            if connected or args.url:  # a daemon named by --url must answer
+                raise
+            return None
+
+    try:
+        return trio.run(main)
+    except RpcError as exc:
+        if exc.code in (INVALID_PARAMS, LOAD_FAILED):
+            raise BadInput(exc.message) from exc
+        raise BadInput(f"the daemon refused the run: {exc.message}") from exc
+    finally:
+        progress.close()
+
+
+def start_params(args: argparse.Namespace) -> dict[str, Any]:
+    """startTBRun params from the run options."""
+    params: dict[str, Any] = {
+        "suitePath": daemon_path(args, args.path), "agent": args.agent,
+        "concurrency": args.concurrency, "timeoutMultiplier": args.timeout_multiplier}
+    optional = {"taskIds": task_ids(args), "agentOptions": agent_options(args) or None,
+                "agentCommand": args.agent_command, "model": args.model,
+                "maxTurns": args.max_turns, "image": args.image,
+                # Only when given, so that it never contradicts -o testgen=...
+                "testgen": False if args.no_testgen else None}
+    params.update({k: v for k, v in optional.items() if v is not None})
+    return params
+
+
+async def follow_run(conn: Connection, params: dict[str, Any], progress: Progress) -> RunReport:
+    """Subscribe, start the run, hand its events to `on_event` until it completes, and
+    return its stored report. The first SIGINT stops the run (it is still recorded and
+    reported); a second one leaves at once (the daemon finishes stopping it)."""
+    await conn.call("subscribe")
+    run_id = (await conn.call("startTBRun", params))["runId"]
+    with trio.open_signal_receiver(signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def on_signals() -> None:
+                async for _ in signals:
+                    if await conn.call("stopTBRun", {"runId": run_id}):
+                        print("tbhud: stopping the run (Ctrl-C again to leave it to the "
+                              "daemon)", file=sys.stderr)
+                        break
+                async for _ in signals:
+                    raise KeyboardInterrupt
+
+            nursery.start_soon(on_signals)
+            nursery.start_soon(progress.redraw_periodically)
+            async for event in conn.events():
+                if getattr(event, "run_id", None) == run_id:
+                    progress(event)
+                if isinstance(event, TBRunComplete) and event.run_id == run_id:
+                    break
+            else:
+                raise DaemonUnavailable("the daemon closed the connection during the run")
+            nursery.cancel_scope.cancel()
+    return structure(await conn.call("getRun", {"runId": run_id}), RunReport)
+
+
+def report_exit(report: RunReport, as_json: bool) -> int:
+    """Print a run's report like `tbhud run` does; 0 only when every task succeeded."""
+    if as_json:
+        print_json(converter.unstructure(report))
+    else:
+        from client.render import report_text
+
+        print(report_text(report))
+    all_passed = report.passed == len(report.task_ids) and report.status == "completed"
+    return EXIT_OK if all_passed else EXIT_NOT_ALL_PASSED
+
+
+# -- start, stop -----------------------------------------------------------------------------
+def cmd_start(args: argparse.Namespace) -> int:
+    async def go(conn: Connection) -> int:
+        if args.wait:
+            progress = Progress(verbose=args.verbose)
+            try:
+                report = await follow_run(conn, start_params(args), progress)
+            finally:
+                progress.close()
+            return report_exit(report, args.json)
+        result = await conn.call("startTBRun", start_params(args))
+        if args.json:
+            print_json(result)
+        else:
+            print(result["runId"])
+        return EXIT_OK
+    return talk(go, args)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    async def go(conn: Connection) -> int:
+        params = {"runId": args.run_id} if args.run_id else {}
+        result = await conn.call("stopTBRun", params)
+        if args.json:
+            print_json(result)
+        else:
+            print("stopping the run" if result["stopped"] else "no run to stop",
+                  file=sys.stderr)
+        return EXIT_OK
+    return talk(go, args, autostart=False)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a suite to the end; summary on stdout")
+    add_run_options(p)
+    add_daemon_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print task output")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("start", help="start a run in the daemon; prints its id")
+    add_run_options(p)
+    p.add_argument("--wait", action="store_true",
+                   help="follow it to the end like `tbhud run` (same output, exit status)")
+    p.add_argument("-v", "--verbose", action="store_true", help="--wait: also task output")
+    p.add_argument("--json", action="store_true")
+    add_daemon_options(p)
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("stop", help="stop the active run (or RUN_ID)")
+    p.add_argument("run_id", nargs="?")
+    p.add_argument("--json", action="store_true")
+    add_daemon_options(p)
+    p.set_defaults(func=cmd_stop)

@@ -1,0 +1,106 @@
+"""`tbhud load`, `status`, `events`: the daemon's suite and what it is doing."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from client.commands.common import (
+    EXIT_NOT_ALL_PASSED,
+    EXIT_OK,
+    add_daemon_options,
+    daemon_path,
+    print_json,
+    talk,
+)
+from client.connection import Connection
+from protocol import dumps
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    path = daemon_path(args, args.path)
+
+    async def go(conn: Connection) -> int:
+        suite = await conn.call("loadTBSuite", {"path": path})
+        if args.json:
+            print_json(suite)
+        else:
+            from client.render import table
+
+            print(f"{suite['name']} {suite['version']}: {len(suite['tasks'])} task(s)")
+            print(table(["task", "difficulty", "category", "name"],
+                        [[t["id"], t["difficulty"], t["category"], t["name"]]
+                         for t in suite["tasks"]]))
+        return EXIT_OK
+    return talk(go, args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def go(conn: Connection) -> int:
+        state = await conn.call("getState")
+        if args.json:
+            print_json(state)
+        else:
+            print(status_text(state))
+        return EXIT_OK
+    return talk(go, args, autostart=False)
+
+
+def status_text(state: dict[str, Any]) -> str:
+    from client.render import duration, table
+
+    suite, run, counts = state["suite"], state["activeRun"], state["counts"]
+    lines = [f"daemon {state['version']}",
+             f"suite  {suite['name']} ({len(suite['tasks'])} tasks, {suite.get('path', '-')})"
+             if suite else "suite  -",
+             f"run    {run['runId']} ({run.get('agent') or '-'}), running" if run
+             else "run    - (no active run)"]
+    if state["tasks"]:
+        lines.append(f"tasks  {counts['done']}/{counts['total']} done: {counts['passed']} "
+                     f"passed, {counts['failed']} failed, {counts['timeout']} timeout, "
+                     f"{counts['error']} error")
+        lines.append("")
+        lines.append(table(
+            ["task", "status", "phase", "turn", "time", "container"],
+            [[t["taskId"], t["status"], t["phase"] or "-",
+              "-" if t["currentTurn"] is None else str(t["currentTurn"]),
+              duration(t["durationMs"] if t["durationMs"] is not None else t["elapsedMs"]),
+              (t["containerId"] or "-")[:12]] for t in state["tasks"]]))
+    return "\n".join(lines)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    async def go(conn: Connection) -> int:
+        await conn.call("subscribe")
+        async for event in conn.events():
+            sys.stdout.write(dumps(event) + "\n")
+            sys.stdout.flush()
+        print("tbhud: the daemon closed the connection", file=sys.stderr)
+        return EXIT_NOT_ALL_PASSED
+
+    try:
+        return talk(go, args)
+    except BrokenPipeError:  # `tbhud events | head`
+        sys.stdout = None  # type: ignore[assignment]  # nothing more to flush
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("load", help="load a suite into the daemon (HUDs show it)")
+    p.add_argument("path", help="a TB2 task directory, a dataset directory or a suite JSON")
+    p.add_argument("--json", action="store_true")
+    add_daemon_options(p)
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("status", help="the daemon's suite, active run and tasks")
+    p.add_argument("--json", action="store_true", help="the getState object")
+    add_daemon_options(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("events", help="every daemon event as NDJSON until interrupted")
+    p.add_argument("--json", action="store_true", help="(the default; for uniformity)")
+    add_daemon_options(p)
+    p.set_defaults(func=cmd_events)
