@@ -27,9 +27,10 @@ from client.cli import (
 )
 from client.connection import Connection, DaemonUnavailable, RpcError, open_connection
 from client.render import Progress
-from protocol import RunReport, converter, dumps, structure
+from client.wire import read
+from protocol import RunReport, converter, structure
 from protocol.events import TBRunComplete
-from protocol.rpc import INVALID_PARAMS, LOAD_FAILED
+from protocol.rpc import INVALID_PARAMS, LOAD_FAILED, StateSnapshot
 
 
 def _print_json(data: object) -> None:
@@ -252,39 +253,40 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(state)
         else:
-            print(status_text(state))
+            print(status_text(read(state, StateSnapshot)))
         return EXIT_OK
     return _talk(go, args, autostart=False)
 
 
-def status_text(state: dict[str, Any]) -> str:
+def status_text(state: StateSnapshot) -> str:
     from client.render import duration, table
 
-    suite, run, counts = state["suite"], state["activeRun"], state["counts"]
-    lines = [f"daemon {state['version']}",
-             f"suite  {suite['name']} ({len(suite['tasks'])} tasks, {suite.get('path', '-')})"
+    suite, run, counts = state.suite, state.active_run, state.counts
+    lines = [f"daemon {state.version}",
+             f"suite  {suite.name} ({len(suite.tasks)} tasks, {suite.path or '-'})"
              if suite else "suite  -",
-             f"run    {run['runId']} ({run.get('agent') or '-'}), running" if run
+             f"run    {run.run_id} ({run.agent or '-'}), running" if run
              else "run    - (no active run)"]
-    if state["tasks"]:
-        lines.append(f"tasks  {counts['done']}/{counts['total']} done: {counts['passed']} "
-                     f"passed, {counts['failed']} failed, {counts['timeout']} timeout, "
-                     f"{counts['error']} error")
+    if state.tasks:
+        lines.append(f"tasks  {counts.done}/{counts.total} done: {counts.passed} "
+                     f"passed, {counts.failed} failed, {counts.timeout} timeout, "
+                     f"{counts.error} error")
         lines.append("")
         lines.append(table(
             ["task", "status", "phase", "turn", "time", "container"],
-            [[t["taskId"], t["status"], t["phase"] or "-",
-              "-" if t["currentTurn"] is None else str(t["currentTurn"]),
-              duration(t["durationMs"] if t["durationMs"] is not None else t["elapsedMs"]),
-              (t["containerId"] or "-")[:12]] for t in state["tasks"]]))
+            [[t.task_id, t.status, t.phase or "-",
+              "-" if t.current_turn is None else str(t.current_turn),
+              duration(t.duration_ms if t.duration_ms is not None else t.elapsed_ms),
+              (t.container_id or "-")[:12]] for t in state.tasks]))
     return "\n".join(lines)
 
 
 def cmd_events(args: argparse.Namespace) -> int:
     async def go(conn: Connection) -> int:
         await conn.call("subscribe")
-        async for event in conn.events():
-            sys.stdout.write(dumps(event) + "\n")
+        # As sent: fields and event types newer than this client pass through unchanged.
+        async for frame in conn.frames():
+            sys.stdout.write(json.dumps(frame, separators=(",", ":"), ensure_ascii=False) + "\n")
             sys.stdout.flush()
         print("tbhud: the daemon closed the connection", file=sys.stderr)
         return EXIT_NOT_ALL_PASSED
