@@ -183,13 +183,15 @@ def apply(board: Board, event: Event, now: float) -> Task | None:
     """Fold `event` into `board`; the task it touched, if any. Task events of another run
     than the one on the board are left out."""
     match event:
-        case TBTaskOutput():  # first: by far the most frequent
-            task = _task(board, event.run_id, event.task_id)
-            if task is not None:
-                # A daemon folds lines into one event ("\n"-joined) for a lagging client.
-                source = event.source
-                task.output.extend((source, line) for line in event.text.split("\n"))
-            return task
+        case TBTaskOutput():  # first: by far the most frequent, so _task is inlined
+            run = board.run
+            if run is not None and run.run_id != event.run_id:
+                return None
+            found = board.tasks.get(event.task_id) or board.ensure(event.task_id)
+            # A daemon folds lines into one event ("\n"-joined) for a lagging client.
+            source = event.source
+            found.output.extend((source, line) for line in event.text.split("\n"))
+            return found
         case TBTaskProgress():
             task = _task(board, event.run_id, event.task_id)
             if task is not None and task.status not in DONE:  # a late report reopens nothing

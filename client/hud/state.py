@@ -155,16 +155,16 @@ class HudState:
 
     def apply(self, event: Event) -> None:
         """Fold the event into the board, then move what is the user's along with it."""
-        if isinstance(event, TBSuiteInfo):
-            self.set_suite(event)
-            return
-        task = fold.apply(self.board, event, self.clock())
+        task = fold.apply(self.board, event, self.clock()) \
+            if not isinstance(event, TBSuiteInfo) else None
         match event:
             case TBTaskOutput():  # first: by far the most frequent
                 if self.scroll and task is not None and task is self.current():
                     # Scrolled back: keep the same lines on screen while new ones arrive.
                     lines = event.text.count("\n") + 1
                     self.scroll = min(self.scroll + lines, len(task.output))
+            case TBSuiteInfo():
+                self.set_suite(event)  # the fold's rows, then the user's selection
             case TBRunStart():
                 self.scroll = 0
                 if self.follow_running and event.task_ids:
