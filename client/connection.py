@@ -4,7 +4,7 @@ Unix socket or a WebSocket URL.
     async with open_connection() as conn:            # local daemon, started when none answers
         await conn.call("subscribe")
         run = await conn.call("startTBRun", {"suitePath": "/abs/suite.json"})
-        async for event in conn.events():             # protocol events, strictly parsed
+        async for event in conn.events():             # protocol events, leniently parsed
             ...
 
 A background reader task routes responses to the `call` waiting for them and events into a
@@ -32,7 +32,8 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from protocol import EVENT_TYPES, Event, event_from_wire, locations
+from client.wire import read_event
+from protocol import Event, locations, unstructure
 from protocol.events import ErrorEvent
 from protocol.framing import FrameTooLarge, LineBuffer
 from protocol.rpc import RpcError
@@ -118,7 +119,9 @@ class Connection:
         self._transport = transport
         self._ids = itertools.count(1)
         self._pending: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
-        self._events_send, self._events_receive = trio.open_memory_channel[Event](EVENT_BUFFER)
+        # (the frame, its event or None for a type this client does not know)
+        self._events_send, self._events_receive = trio.open_memory_channel[
+            tuple[dict[str, Any], Event | None]](EVENT_BUFFER)
         self._closed = False
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
@@ -151,8 +154,15 @@ class Connection:
     async def events(self) -> AsyncIterator[Event]:
         """Events in the order the daemon sent them (after `call("subscribe")`); ends when
         the connection closes. Event types this client does not know are skipped."""
-        async for event in self._events_receive:
-            yield event
+        async for _, event in self._events_receive:
+            if event is not None:
+                yield event
+
+    async def frames(self) -> AsyncIterator[dict[str, Any]]:
+        """Like `events()`, but every event frame as the daemon sent it, those of types this
+        client does not know included (`tbhud events` prints them)."""
+        async for frame, _ in self._events_receive:
+            yield frame
 
     async def aclose(self) -> None:
         self._closed = True
@@ -170,10 +180,13 @@ class Connection:
                     waiter = self._pending.get(message.get("id"))  # type: ignore[arg-type]
                     if waiter is not None:
                         waiter.send_nowait(message)
-                elif isinstance(message, dict) and message.get("type") in EVENT_TYPES:
-                    await self._events_send.send(event_from_wire(message))
+                elif isinstance(message, dict) and "type" in message:
+                    # Leniently: a newer daemon's extra fields are ignored, its new event
+                    # types reach only `frames()` (client/wire.py notes both in the debug log).
+                    await self._events_send.send((message, read_event(message)))
             if self._transport.closed_reason:
-                await self._events_send.send(ErrorEvent(message=self._transport.closed_reason))
+                parting = ErrorEvent(message=self._transport.closed_reason)
+                await self._events_send.send((unstructure(parting), parting))
         finally:
             self._closed = True
             self._events_send.close()

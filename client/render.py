@@ -9,15 +9,8 @@ from typing import IO
 
 import trio
 
-from protocol import Event, RunReport
-from protocol.events import (
-    RunSummary,
-    TBRunStart,
-    TBTaskComplete,
-    TBTaskOutput,
-    TBTaskProgress,
-    TBTaskStart,
-)
+from protocol import Event, RunReport, fold
+from protocol.events import RunSummary, TBRunStart, TBTaskComplete, TBTaskOutput, TBTaskStart
 
 ICONS = {"success": "✓", "failure": "✗", "timeout": "⏱", "error": "!"}
 
@@ -77,40 +70,29 @@ def history_text(runs: list[RunSummary]) -> str:
 
 
 class Progress:
-    """Live progress of one run on stderr: a redrawn bar on a terminal, plain lines otherwise."""
+    """Live progress of one run on stderr: a redrawn bar on a terminal, plain lines otherwise.
+    Called with the run's events; the run's state is protocol.fold's."""
 
     def __init__(self, stream: IO[str] = sys.stderr, verbose: bool = False) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.verbose = verbose
-        self.total = 0
-        self.done = 0
-        self.counts = {"success": 0, "failure": 0, "timeout": 0, "error": 0}
-        self.running: dict[str, str] = {}  # task id -> its phase
-        self.started: float | None = None
+        self.board = fold.Board(output_lines=0)  # -v prints the lines; nothing keeps them
         self.last_draw = 0.0
 
     def __call__(self, event: Event) -> None:
+        fold.apply(self.board, event, time.monotonic())
         match event:
             case TBRunStart():
-                self.total = event.total_tasks
-                self.started = time.monotonic()
                 self._line(f"run {event.run_id}: {event.total_tasks} task(s) of "
                            f"{event.suite_name} with agent {event.agent}")
-            case TBTaskStart():
-                self.running[event.task_id] = "setup"
-                if not self.tty:
-                    self._line(f"[{event.task_index + 1}/{event.total_tasks}] start "
-                               f"{event.task_id}")
+            case TBTaskStart() if not self.tty:
+                self._line(f"[{event.task_index + 1}/{event.total_tasks}] start "
+                           f"{event.task_id}")
             case TBTaskComplete():
-                self.running.pop(event.task_id, None)
-                self.done += 1
-                self.counts[event.outcome] += 1
                 note = f" ({event.error})" if event.error else ""
                 self._line(f"{ICONS[event.outcome]} {event.task_id}: {event.outcome} in "
                            f"{duration(event.duration_ms)}{note}")
-            case TBTaskProgress() if event.task_id in self.running:
-                self.running[event.task_id] = event.phase
             case TBTaskOutput() if self.verbose:
                 self._line(f"  {event.task_id} [{event.source}] {event.text}")
             case _:
@@ -129,17 +111,21 @@ class Progress:
 
     def _bar(self) -> None:
         now = time.monotonic()
-        if not self.tty or not self.total or now - self.last_draw < 0.1:
+        if not self.tty or now - self.last_draw < 0.1:
+            return
+        c = self.board.counts()
+        if not c.total:
             return
         self.last_draw = now
         width = 24
-        filled = int(width * self.done / self.total)
-        c = self.counts
-        elapsed = duration(int((now - self.started) * 1000)) if self.started else ""
-        running = ", ".join(f"{t} ({phase})" for t, phase in sorted(self.running.items()))
+        filled = int(width * c.done / c.total)
+        started = self.board.started_at
+        elapsed = duration(int((now - started) * 1000)) if started is not None else ""
+        running = ", ".join(f"{t.id} ({t.phase})"
+                            for t in sorted(self.board.running(), key=lambda t: t.id))
         self.stream.write(f"\r\x1b[2K[{'█' * filled}{'░' * (width - filled)}] "
-                          f"{self.done}/{self.total} ✓{c['success']} ✗{c['failure']} "
-                          f"⏱{c['timeout']} !{c['error']} {elapsed:>6}  {running[:60]}")
+                          f"{c.done}/{c.total} ✓{c.passed} ✗{c.failed} "
+                          f"⏱{c.timeout} !{c.error} {elapsed:>6}  {running[:60]}")
         self.stream.flush()
 
     async def redraw_periodically(self) -> None:

@@ -7,6 +7,7 @@ Python names are snake_case; the converter in `protocol.converter` puts camelCas
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 import attrs
@@ -235,25 +236,10 @@ Event = (
     | ErrorEvent
 )
 
-_EVENT_CLASSES: tuple[type[Event], ...] = (
-    TBSuiteInfo,
-    TBRunStart,
-    TBRunComplete,
-    TBRunHistory,
-    TBTaskStart,
-    TBTaskProgress,
-    TBTaskOutput,
-    TBTaskComplete,
-    ContainerStart,
-    ContainerStats,
-    ContainerStop,
-    AgentMessage,
-    ToolUse,
-    ToolResult,
-    ErrorEvent,
-)
+# Written once, as the union above: the classes and their tags are read from it.
+EVENT_CLASSES: tuple[type[Event], ...] = typing.get_args(Event)
 
 # The wire `type` tag of each event class (its `type` field's default).
 EVENT_TYPES: dict[str, type[Event]] = {
-    str(attrs.fields_dict(cls)["type"].default): cls for cls in _EVENT_CLASSES
+    str(attrs.fields_dict(cls)["type"].default): cls for cls in EVENT_CLASSES
 }

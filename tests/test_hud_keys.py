@@ -20,7 +20,16 @@ from client.hud.app import Hud
 from client.hud.state import HudState
 from protocol import event_from_wire
 from protocol.rpc import RpcError
-from tests.test_hud_state import _report, complete, output, run_start, suite_info, task_start
+from tests.test_hud_state import (
+    COUNTS,
+    _report,
+    complete,
+    output,
+    run_start,
+    suite_info,
+    task_start,
+    task_state,
+)
 
 CTRL_C, CTRL_L, CTRL_T, CTRL_X, TAB = "\x03", "\x0c", "\x14", "\x18", "\t"
 
@@ -57,7 +66,8 @@ class FakeDaemon:
         self.conn: FakeConnection | None = None
         self.connections = 0
         self.snapshot: dict[str, Any] = {"version": "0.1.0", "suite": None, "activeRun": None,
-                                         "tasks": [], "recentOutput": {}, "history": []}
+                                         "tasks": [], "recentOutput": {}, "history": [],
+                                         "counts": COUNTS}
         self.answers: dict[str, Any] = {
             "subscribe": lambda _p: {"subscribed": True, "state": self.snapshot},
             "getState": lambda _p: self.snapshot,
@@ -216,7 +226,7 @@ def test_reconnects_and_resyncs(monkeypatch: pytest.MonkeyPatch) -> None:
         daemon.refuse = 2  # the daemon restarts: two refused attempts, then it answers
         daemon.snapshot = daemon.snapshot | {
             "suite": suite_info("a"), "activeRun": run_start("a"),
-            "tasks": [{"taskId": "a", "status": "success", "durationMs": 1234}],
+            "tasks": [task_state("a", status="success", durationMs=1234)],
             "recentOutput": {"a": [{"text": "x", "source": "agent"},
                                    {"text": "done", "source": "system"}]}}
         first.push(None)

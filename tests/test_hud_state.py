@@ -62,6 +62,16 @@ def run_complete(passed: int, failed: int, status: str = "completed") -> dict[st
             "totalDurationMs": 3000, "status": status}
 
 
+def task_state(tid: str, **fields: Any) -> dict[str, Any]:
+    """A getState task as the daemon sends it: every field present, null when unknown."""
+    return dict.fromkeys(["phase", "currentTurn", "elapsedMs", "durationMs", "containerId",
+                          "image", "cpus", "memoryMb", "cpuPercent", "memoryBytes", "error"]) \
+        | {"taskId": tid, "status": "pending"} | fields
+
+
+COUNTS = dict.fromkeys(["passed", "failed", "timeout", "error", "done", "total"], 0)
+
+
 def feed(state: HudState, *wire: dict[str, Any]) -> None:
     # Through the real parser, so the recordings are checked against the protocol too.
     state.apply_all(event_from_wire(w) for w in wire)
@@ -223,8 +233,8 @@ def test_snapshot_of_a_run_without_a_loaded_suite() -> None:
     """A second HUD attaching to a daemon that runs tasks it was not told about."""
     state = HudState()
     state.apply_snapshot({"suite": None, "activeRun": run_start("x"), "tasks": [
-        {"taskId": "x", "status": "running", "phase": "setup", "elapsedMs": 10}],
-        "recentOutput": {}, "history": []})
+        task_state("x", status="running", phase="setup", elapsedMs=10)],
+        "recentOutput": {}, "history": [], "version": "0.1.0", "counts": COUNTS})
     assert [t.id for t in state.task_list()] == ["x"]
     assert not state.tasks["x"].in_suite
     assert state.current().id == "x"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from typing import Any
 
@@ -15,7 +16,8 @@ from client.commands.common import (
     talk,
 )
 from client.connection import Connection
-from protocol import dumps
+from client.wire import read
+from protocol.rpc import StateSnapshot
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -42,39 +44,40 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             print_json(state)
         else:
-            print(status_text(state))
+            print(status_text(read(state, StateSnapshot)))
         return EXIT_OK
     return talk(go, args, autostart=False)
 
 
-def status_text(state: dict[str, Any]) -> str:
+def status_text(state: StateSnapshot) -> str:
     from client.render import duration, table
 
-    suite, run, counts = state["suite"], state["activeRun"], state["counts"]
-    lines = [f"daemon {state['version']}",
-             f"suite  {suite['name']} ({len(suite['tasks'])} tasks, {suite.get('path', '-')})"
+    suite, run, counts = state.suite, state.active_run, state.counts
+    lines = [f"daemon {state.version}",
+             f"suite  {suite.name} ({len(suite.tasks)} tasks, {suite.path or '-'})"
              if suite else "suite  -",
-             f"run    {run['runId']} ({run.get('agent') or '-'}), running" if run
+             f"run    {run.run_id} ({run.agent or '-'}), running" if run
              else "run    - (no active run)"]
-    if state["tasks"]:
-        lines.append(f"tasks  {counts['done']}/{counts['total']} done: {counts['passed']} "
-                     f"passed, {counts['failed']} failed, {counts['timeout']} timeout, "
-                     f"{counts['error']} error")
+    if state.tasks:
+        lines.append(f"tasks  {counts.done}/{counts.total} done: {counts.passed} "
+                     f"passed, {counts.failed} failed, {counts.timeout} timeout, "
+                     f"{counts.error} error")
         lines.append("")
         lines.append(table(
             ["task", "status", "phase", "turn", "time", "container"],
-            [[t["taskId"], t["status"], t["phase"] or "-",
-              "-" if t["currentTurn"] is None else str(t["currentTurn"]),
-              duration(t["durationMs"] if t["durationMs"] is not None else t["elapsedMs"]),
-              (t["containerId"] or "-")[:12]] for t in state["tasks"]]))
+            [[t.task_id, t.status, t.phase or "-",
+              "-" if t.current_turn is None else str(t.current_turn),
+              duration(t.duration_ms if t.duration_ms is not None else t.elapsed_ms),
+              (t.container_id or "-")[:12]] for t in state.tasks]))
     return "\n".join(lines)
 
 
 def cmd_events(args: argparse.Namespace) -> int:
     async def go(conn: Connection) -> int:
         await conn.call("subscribe")
-        async for event in conn.events():
-            sys.stdout.write(dumps(event) + "\n")
+        # As sent: fields and event types newer than this client pass through unchanged.
+        async for frame in conn.frames():
+            sys.stdout.write(json.dumps(frame, separators=(",", ":"), ensure_ascii=False) + "\n")
             sys.stdout.flush()
         print("tbhud: the daemon closed the connection", file=sys.stderr)
         return EXIT_NOT_ALL_PASSED

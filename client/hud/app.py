@@ -31,7 +31,7 @@ from client.connection import CONNECTION_ERRORS
 from client.hud.keys import make_key_bindings
 from client.hud.layout import STYLE, HudLayout
 from client.hud.state import HudState, report_from_wire, suite_from_wire, summary_from_wire
-from protocol import structure
+from client.wire import read
 from protocol.events import TBRunComplete
 from protocol.rpc import METHOD_NOT_FOUND, Comparison, RpcError, compare
 
@@ -363,7 +363,7 @@ class Hud:
             now = report_from_wire(await self.call("getRun", {"runId": run_id}))
             then = report_from_wire(await self.call("getRun", {"runId": baseline_id}))
             return compare(now, then)
-        return structure(result, Comparison)
+        return read(result, Comparison)
 
     async def _refresh_history(self) -> None:
         result = await self.call("getRunHistory")

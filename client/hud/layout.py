@@ -48,8 +48,9 @@ from prompt_toolkit.styles import Style
 from prompt_toolkit.utils import get_cwidth
 from prompt_toolkit.widgets import Button, Frame, TextArea
 
-from client.hud.state import STATUS_ICONS, HudState, TaskView
+from client.hud.state import STATUS_ICONS, HudState
 from client.render import duration
+from protocol.fold import Task
 
 if TYPE_CHECKING:
     from client.hud.keys import Actions
@@ -181,7 +182,7 @@ def title_text(state: HudState, width: int) -> StyleAndTextTuples:
     return [("class:title", head), (style, link), ("class:title", " " * gap + right)]
 
 
-def task_line(state: HudState, view: TaskView, width: int, selected: bool) -> StyleAndTextTuples:
+def task_line(state: HudState, view: Task, width: int, selected: bool) -> StyleAndTextTuples:
     box = "[x]" if view.id in state.checked else "[ ]" if view.in_suite else " - "
     icon = STATUS_ICONS.get(view.status or "", " ")
     wide = width >= 50

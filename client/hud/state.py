@@ -1,4 +1,6 @@
-"""What the HUD knows: plain objects fed by daemon events and `getState` snapshots.
+"""What the HUD knows: the daemon's state, folded from its events and `getState` snapshots
+by protocol.fold, and what is the user's own (cursor, checked tasks, scroll, open panels,
+notices).
 
 Pure: no I/O, no prompt_toolkit, no trio. The clock is injected so that tests can move time.
 The layout reads this state on every redraw; the key bindings change the view fields; the
@@ -12,134 +14,43 @@ reconnect or a second HUD shows the daemon's truth without losing the user's pla
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
 
 from client.render import duration
-from protocol import RunReport, TaskResult, camel, converter
+from client.wire import read
+from protocol import Event, RunReport, fold
 from protocol.events import (
-    AgentMessage,
-    ContainerStart,
-    ContainerStats,
-    ContainerStop,
     ErrorEvent,
     RunSummary,
-    SuiteTask,
     TBRunComplete,
     TBRunHistory,
     TBRunStart,
     TBSuiteInfo,
     TBTaskComplete,
     TBTaskOutput,
-    TBTaskProgress,
     TBTaskStart,
-    ToolResult,
-    ToolUse,
 )
-from protocol.rpc import Comparison
+from protocol.fold import Task
+from protocol.rpc import Comparison, Counts, StateSnapshot
 
 OUTPUT_LINES = 5000  # per task; older lines fall off (the daemon keeps the full log on disk)
-DONE = ("success", "failure", "timeout", "error")
 STATUS_ICONS = {"pending": "·", "running": "▶", "success": "✓", "failure": "✗",
                 "timeout": "⏱", "error": "!"}
 
 
-@attrs.define(eq=False)
-class ContainerView:
-    container_id: str
-    image: str
-    cpus: float | None = None
-    memory_mb: int | None = None
-    cpu_percent: float | None = None
-    memory_bytes: int | None = None
-    memory_limit_bytes: int | None = None
-    stopped: bool = False
-    exit_code: int | None = None
+def report_from_wire(data: Any) -> RunReport:
+    return read(data, RunReport)
 
 
-@attrs.define(eq=False)
-class TaskView:
-    id: str
-    name: str
-    category: str = "uncategorized"
-    difficulty: str = "medium"
-    in_suite: bool = True
-    # None: not part of the run on screen; else pending | running | success | failure | ...
-    status: str | None = None
-    phase: str | None = None
-    turn: int | None = None
-    # The daemon reports elapsed time when the phase or turn changes; between reports the
-    # HUD counts on from `elapsed_at` (the state clock when the report arrived).
-    elapsed_ms: int = 0
-    elapsed_at: float = 0.0
-    duration_ms: int | None = None
-    error: str | None = None
-    tests_passed: int | None = None
-    tests_total: int | None = None
-    container: ContainerView | None = None
-    output: deque[tuple[str, str]] = attrs.Factory(lambda: deque(maxlen=OUTPUT_LINES))
-
-    def reset_for_run(self) -> None:
-        self.status, self.phase, self.turn = "pending", None, None
-        self.elapsed_ms, self.duration_ms, self.error = 0, None, None
-        self.tests_passed = self.tests_total = None
-        self.container = None
-        self.output.clear()
+def summary_from_wire(data: Any) -> RunSummary:
+    return read(data, RunSummary)
 
 
-@attrs.frozen
-class Counts:
-    passed: int = 0
-    failed: int = 0
-    timeout: int = 0
-    error: int = 0
-    total: int = 0
-
-    @property
-    def done(self) -> int:
-        return self.passed + self.failed + self.timeout + self.error
-
-
-def _get(obj: dict[str, Any], key: str, default: Any = None) -> Any:
-    value = obj.get(key, default)
-    return default if value is None else value
-
-
-def suite_from_wire(data: dict[str, Any]) -> TBSuiteInfo:
-    """Lenient: a snapshot or loadTBSuite result may carry fields newer than this client."""
-    tasks = [SuiteTask(id=str(t["id"]), name=str(_get(t, "name", t["id"])),
-                       category=str(_get(t, "category", "uncategorized")),
-                       difficulty=_get(t, "difficulty", "medium"))
-             for t in data.get("tasks") or []]
-    return TBSuiteInfo(name=str(_get(data, "name", "?")), version=str(_get(data, "version", "")),
-                       tasks=tasks, path=data.get("path"))
-
-
-def run_start_from_wire(data: dict[str, Any]) -> TBRunStart:
-    return TBRunStart(run_id=data["runId"], suite_name=_get(data, "suiteName", "?"),
-                      suite_version=_get(data, "suiteVersion", ""),
-                      total_tasks=int(_get(data, "totalTasks", len(data.get("taskIds") or []))),
-                      task_ids=list(data.get("taskIds") or []),
-                      timestamp=_get(data, "timestamp", ""), agent=data.get("agent"),
-                      concurrency=data.get("concurrency"))
-
-
-def summary_from_wire(data: dict[str, Any]) -> RunSummary:
-    # Fields newer than this client are dropped rather than refused.
-    known = {camel(a.name) for a in attrs.fields(RunSummary)}
-    return converter.structure({k: v for k, v in data.items() if k in known}, RunSummary)
-
-
-def report_from_wire(data: dict[str, Any]) -> RunReport:
-    known = {camel(a.name) for a in attrs.fields(RunReport)}
-    task_known = {camel(a.name) for a in attrs.fields(TaskResult)}
-    fields = {k: v for k, v in data.items() if k in known}
-    fields["tasks"] = [{k: v for k, v in t.items() if k in task_known}
-                       for t in data.get("tasks") or []]
-    return converter.structure(fields, RunReport)
+def suite_from_wire(data: Any) -> TBSuiteInfo:
+    return read(data, TBSuiteInfo)
 
 
 @attrs.define(eq=False)
@@ -152,13 +63,8 @@ class HudState:
     link_error: str | None = None
     daemon_version: str | None = None
 
-    # -- what the daemon owns --
-    suite: TBSuiteInfo | None = None
-    tasks: dict[str, TaskView] = attrs.Factory(dict)  # suite order, then run-only tasks
-    run: TBRunStart | None = None
-    run_complete: TBRunComplete | None = None
-    run_started_at: float | None = None
-    history: list[RunSummary] = attrs.Factory(list)
+    # -- what the daemon owns: suite, run, tasks (suite order, then run-only), history --
+    board: fold.Board = attrs.Factory(lambda: fold.Board(output_lines=OUTPUT_LINES))
 
     # -- what the user owns --
     checked: set[str] = attrs.Factory(set)
@@ -177,6 +83,33 @@ class HudState:
     notice: str | None = None  # one line: the last error or what just happened
     notice_at: float = 0.0
 
+    # -- the daemon's part, as the layout reads it ------------------------------------------
+
+    @property
+    def suite(self) -> TBSuiteInfo | None:
+        return self.board.suite
+
+    @property
+    def tasks(self) -> dict[str, Task]:
+        return self.board.tasks
+
+    @property
+    def run(self) -> TBRunStart | None:
+        return self.board.run
+
+    @property
+    def run_complete(self) -> TBRunComplete | None:
+        return self.board.complete
+
+    @property
+    def history(self) -> list[RunSummary]:
+        return self.board.history
+
+    @history.setter
+    def history(self, runs: list[RunSummary]) -> None:
+        self.board.history = runs
+        self.history_cursor = min(self.history_cursor, max(len(runs) - 1, 0))
+
     # -- queries -------------------------------------------------------------------------
 
     def notice_text(self, ttl: float = 10.0) -> str | None:
@@ -185,37 +118,27 @@ class HudState:
             return self.notice
         return None
 
-    def task_list(self) -> list[TaskView]:
+    def task_list(self) -> list[Task]:
         return list(self.tasks.values())
 
-    def current(self) -> TaskView | None:
+    def current(self) -> Task | None:
         views = self.task_list()
         return views[self.cursor] if 0 <= self.cursor < len(views) else None
 
     def run_task_ids(self) -> list[str]:
-        if self.run is not None:
-            return self.run.task_ids
-        return [t.id for t in self.tasks.values() if t.status is not None]
+        return [t.id for t in self.board.run_tasks()]
 
     def counts(self) -> Counts:
-        statuses = [self.tasks[t].status for t in self.run_task_ids() if t in self.tasks]
-        total = self.run.total_tasks if self.run is not None else len(statuses)
-        return Counts(statuses.count("success"), statuses.count("failure"),
-                      statuses.count("timeout"), statuses.count("error"), total)
+        return self.board.counts()
 
-    def running(self) -> list[TaskView]:
-        return [t for t in self.tasks.values() if t.status == "running"]
+    def running(self) -> list[Task]:
+        return self.board.running()
 
     def is_running(self) -> bool:
-        if self.run is None or self.run_complete is not None:
-            return False
-        return any(self.tasks[t].status in ("pending", "running")
-                   for t in self.run.task_ids if t in self.tasks)
+        return self.board.is_running()
 
-    def elapsed_ms(self, view: TaskView) -> int | None:
-        if view.status == "running":
-            return view.elapsed_ms + int((self.clock() - view.elapsed_at) * 1000)
-        return view.duration_ms
+    def elapsed_ms(self, view: Task) -> int | None:
+        return view.elapsed(self.clock())
 
     def selected_ids(self) -> list[str]:
         return [t.id for t in self.tasks.values() if t.id in self.checked and t.in_suite]
@@ -234,135 +157,64 @@ class HudState:
 
     # -- events --------------------------------------------------------------------------
 
-    def apply(self, event: object) -> None:
+    def apply(self, event: Event) -> None:
+        """Fold the event into the board, then move what is the user's along with it."""
+        task = fold.apply(self.board, event, self.clock()) \
+            if not isinstance(event, TBSuiteInfo) else None
         match event:
             case TBTaskOutput():  # first: by far the most frequent
-                view = self.tasks.get(event.task_id)
-                if view is None:
-                    view = self._ensure(event.task_id)
-                # A daemon folds lines into one event ("\n"-joined) for a lagging client.
-                lines = event.text.split("\n")
-                source = event.source
-                view.output.extend((source, line) for line in lines)
-                if self.scroll and view is self.current():
+                if self.scroll and task is not None and task is self.current():
                     # Scrolled back: keep the same lines on screen while new ones arrive.
-                    self.scroll = min(self.scroll + len(lines), len(view.output))
+                    lines = event.text.count("\n") + 1
+                    self.scroll = min(self.scroll + lines, len(task.output))
             case TBSuiteInfo():
-                self.set_suite(event)
+                self.set_suite(event)  # the fold's rows, then the user's selection
             case TBRunStart():
-                self._run_start(event)
+                self.scroll = 0
+                if self.follow_running and event.task_ids:
+                    self.move_to(event.task_ids[0])
             case TBTaskStart():
-                view = self._ensure(event.task_id, event.task_name, event.category,
-                                    event.difficulty)
-                view.status, view.phase = "running", "setup"
-                view.elapsed_ms, view.elapsed_at = 0, self.clock()
                 current = self.current()
                 if self.follow_running and (current is None or current.status != "running"):
                     self.move_to(event.task_id)
-            case TBTaskProgress():
-                view = self._ensure(event.task_id)
-                view.status = "running"
-                view.phase = event.phase
-                if event.current_turn is not None:
-                    view.turn = event.current_turn
-                view.elapsed_ms, view.elapsed_at = event.elapsed_ms, self.clock()
             case TBTaskComplete():
-                view = self._ensure(event.task_id)
-                view.status, view.duration_ms = event.outcome, event.duration_ms
-                view.turn = event.turns or view.turn
-                view.error = event.error
-                view.tests_passed, view.tests_total = event.tests_passed, event.tests_total
-                if self.follow_running and view is self.current():
+                if self.follow_running and task is not None and task is self.current():
                     running = self.running()
                     if running:
                         self.move_to(running[0].id)
             case TBRunComplete():
-                if self.run is None or self.run.run_id == event.run_id:
-                    self.run_complete = event
+                if self.run_complete is event:
                     total = self.run.total_tasks if self.run else "?"
                     self.say(f"run {event.status or 'completed'}: {event.passed}/{total} "
                              f"passed in {duration(event.total_duration_ms)}")
             case TBRunHistory():
-                self.history = list(event.runs)
                 self.history_cursor = min(self.history_cursor, max(len(self.history) - 1, 0))
-            case ContainerStart():
-                self._ensure(event.task_id).container = ContainerView(
-                    event.container_id, event.image, event.cpus, event.memory_mb)
-            case ContainerStats():
-                box = self._ensure(event.task_id).container
-                if box is None or box.container_id != event.container_id:
-                    box = self.tasks[event.task_id].container = ContainerView(
-                        event.container_id, "?")
-                box.cpu_percent, box.memory_bytes = event.cpu_percent, event.memory_bytes
-                box.memory_limit_bytes = event.memory_limit_bytes
-            case ContainerStop():
-                box = self._ensure(event.task_id).container
-                if box is not None and box.container_id == event.container_id:
-                    box.stopped, box.exit_code = True, event.exit_code
             case ErrorEvent():
                 where = f"{event.task_id}: " if event.task_id else ""
                 self.say(f"daemon: {where}{event.message}")
-            case AgentMessage() | ToolUse() | ToolResult():
-                # The agent's output lines already show these; the structured form is for
-                # scripts (`tbhud events`).
-                pass
             case _:
                 pass
 
-    def apply_all(self, events: Iterable[object]) -> None:
+    def apply_all(self, events: Iterable[Event]) -> None:
         for event in events:
             self.apply(event)
 
     def set_suite(self, info: TBSuiteInfo) -> None:
         old_ids = [t.id for t in self.tasks.values() if t.in_suite]
-        views: dict[str, TaskView] = {}
-        for task in info.tasks:
-            view = self.tasks.get(task.id) or TaskView(task.id, task.name)
-            view.name, view.category, view.difficulty = task.name, task.category, task.difficulty
-            view.in_suite = True
-            views[task.id] = view
-        # Tasks of the run on screen stay visible even when the new suite lacks them.
-        for view in self.tasks.values():
-            if view.id not in views and view.status is not None:
-                view.in_suite = False
-                views[view.id] = view
         current = self.current()
-        self.tasks = views
+        old_path = self.suite.path if self.suite is not None else None
+        had_suite = self.suite is not None
+        self.board.set_suite(info)
         new_ids = [t.id for t in info.tasks]
-        if new_ids != old_ids or self.suite is None or self.suite.path != info.path:
+        if new_ids != old_ids or not had_suite or old_path != info.path:
             self.checked = set(new_ids)  # a new suite starts with every task selected
         else:
             self.checked &= set(new_ids)
-        self.suite = info
-        if current is not None and current.id in views:
+        if current is not None and current.id in self.tasks:
             self.move_to(current.id)
         else:
             self.cursor = 0
         self.cursor = min(self.cursor, max(len(self.tasks) - 1, 0))
-
-    def _run_start(self, event: TBRunStart) -> None:
-        self.run, self.run_complete = event, None
-        self.run_started_at = self.clock()
-        for view in self.tasks.values():
-            view.status = None
-        for tid in event.task_ids:
-            self._ensure(tid).reset_for_run()
-        self.scroll = 0
-        if self.follow_running and event.task_ids:
-            self.move_to(event.task_ids[0])
-
-    def _ensure(self, task_id: str, name: str | None = None, category: str | None = None,
-                difficulty: str | None = None) -> TaskView:
-        view = self.tasks.get(task_id)
-        if view is None:
-            view = self.tasks[task_id] = TaskView(task_id, name or task_id, in_suite=False)
-        if name and not view.in_suite:
-            view.name = name
-        if category and not view.in_suite:
-            view.category = category
-        if difficulty and not view.in_suite:
-            view.difficulty = difficulty
-        return view
 
     def move_to(self, task_id: str) -> None:
         for index, tid in enumerate(self.tasks):
@@ -373,43 +225,17 @@ class HudState:
 
     # -- snapshot ------------------------------------------------------------------------
 
-    def apply_snapshot(self, snap: dict[str, Any]) -> None:
+    def apply_snapshot(self, data: dict[str, Any]) -> None:
         """The daemon's whole state (`getState`): on attach and after every reconnect."""
-        self.daemon_version = snap.get("version") or self.daemon_version
+        snap = read(data, StateSnapshot)
+        self.daemon_version = snap.version or self.daemon_version
         current = self.current()
-        if snap.get("suite"):
-            self.set_suite(suite_from_wire(snap["suite"]))
+        if snap.suite is not None:
+            self.set_suite(snap.suite)
         else:
-            self.suite = None
-            self.tasks = {}
-        active = snap.get("activeRun")
-        self.run = run_start_from_wire(active) if active else None
-        self.run_complete = None
-        for view in self.tasks.values():
-            view.status = None
-        now = self.clock()
-        for item in snap.get("tasks") or []:
-            view = self._ensure(item["taskId"], item.get("name"), item.get("category"),
-                                item.get("difficulty"))
-            view.status = item.get("status") or "pending"
-            view.phase = item.get("phase")
-            view.turn = item.get("currentTurn")
-            view.elapsed_ms, view.elapsed_at = int(item.get("elapsedMs") or 0), now
-            view.duration_ms = item.get("durationMs")
-            view.error = item.get("error")
-            if item.get("containerId"):
-                view.container = ContainerView(
-                    item["containerId"], item.get("image") or "?", item.get("cpus"),
-                    item.get("memoryMb"), item.get("cpuPercent"), item.get("memoryBytes"),
-                    item.get("memoryLimitBytes"), stopped=view.status in DONE)
-            else:
-                view.container = None
-        for tid, lines in (snap.get("recentOutput") or {}).items():
-            view = self._ensure(tid)
-            view.output.clear()
-            view.output.extend((line.get("source", "agent"), line.get("text", ""))
-                               for line in lines)
-        self.history = [summary_from_wire(h) for h in snap.get("history") or []]
+            self.board.suite = None
+            self.board.tasks = {}
+        self.board.restore(snap, self.clock())
         self.history_cursor = min(self.history_cursor, max(len(self.history) - 1, 0))
         if current is not None and current.id in self.tasks:
             self.move_to(current.id)

@@ -18,11 +18,10 @@ import logging
 import shutil
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 
-import attrs
 import trio
 
 from daemon.agents import OptionError, resolve_options
@@ -32,21 +31,14 @@ from daemon.serving.hub import Hub
 from daemon.store import Store
 from daemon.tasks.loader import load
 from daemon.tasks.model import LoadError, Suite, TaskSpec
-from protocol import Event, RunReport
+from protocol import Event, RunReport, fold
 from protocol.events import (
-    ContainerStart,
-    ContainerStats,
     ErrorEvent,
     OutputSource,
     SuiteTask,
-    TBRunComplete,
     TBRunHistory,
     TBRunStart,
     TBSuiteInfo,
-    TBTaskComplete,
-    TBTaskOutput,
-    TBTaskProgress,
-    TBTaskStart,
 )
 from protocol.rpc import (
     INVALID_PARAMS,
@@ -57,7 +49,6 @@ from protocol.rpc import (
     UNKNOWN_RUN,
     UNKNOWN_TASK,
     Comparison,
-    Counts,
     OutputLine,
     RpcError,
     StartRunParams,
@@ -87,38 +78,15 @@ def suite_info(suite: Suite) -> TBSuiteInfo:
                               for t in suite.tasks])
 
 
-@attrs.define
-class _TaskView:
-    """What the daemon knows about one task of the current run, kept up to date from events."""
-
-    task_id: str
-    status: str = "pending"
-    phase: str | None = None
-    current_turn: int | None = None
-    started: float | None = None  # monotonic, for the live elapsed time
-    duration_ms: int | None = None
-    container_id: str | None = None
-    image: str | None = None
-    cpus: float | None = None
-    memory_mb: int | None = None
-    cpu_percent: float | None = None
-    memory_bytes: int | None = None
-    error: str | None = None
-    output: deque[OutputLine] = attrs.Factory(lambda: deque(maxlen=OUTPUT_TAIL))
-
-    def state(self, now: float) -> TaskState:
-        if self.duration_ms is not None:
-            elapsed: int | None = self.duration_ms
-        elif self.started is not None:
-            elapsed = int((now - self.started) * 1000)
-        else:
-            elapsed = None
-        return TaskState(
-            task_id=self.task_id, status=self.status,  # type: ignore[arg-type]
-            phase=self.phase, current_turn=self.current_turn, elapsed_ms=elapsed,
-            duration_ms=self.duration_ms, container_id=self.container_id, image=self.image,
-            cpus=self.cpus, memory_mb=self.memory_mb, cpu_percent=self.cpu_percent,
-            memory_bytes=self.memory_bytes, error=self.error)
+def _task_state(task: fold.Task, now: float) -> TaskState:
+    box = task.container
+    return TaskState(
+        task_id=task.id, status=task.status or "pending",  # type: ignore[arg-type]
+        phase=task.phase, current_turn=task.turn, elapsed_ms=task.elapsed(now),
+        duration_ms=task.duration_ms, container_id=box and box.container_id,
+        image=box and box.image, cpus=box and box.cpus, memory_mb=box and box.memory_mb,
+        cpu_percent=box and box.cpu_percent, memory_bytes=box and box.memory_bytes,
+        error=task.error)
 
 
 class Service:
@@ -131,12 +99,23 @@ class Service:
         self.open_sandboxes = open_sandboxes
         self.engine: Engine | None = None
         self.version = version()
-        self.suite: TBSuiteInfo | None = None
-        self.active: TBRunStart | None = None  # between tb_run_start and tb_run_complete
         self.current: str | None = None  # the run id from startTBRun until it is stored
         self.idle = trio.Event()  # set whenever no run is current
         self.idle.set()
-        self.tasks: dict[str, _TaskView] = {}
+        # The suite, the current (or last) run and its tasks, folded from the engine's events.
+        self.board = fold.Board(output_lines=OUTPUT_TAIL)
+
+    @property
+    def suite(self) -> TBSuiteInfo | None:
+        return self.board.suite
+
+    @property
+    def active(self) -> TBRunStart | None:
+        """The tb_run_start of the run going on, from its start until tb_run_complete."""
+        run = self.board.run
+        if run is None or self.board.complete is not None or run.run_id != self.current:
+            return None
+        return run
 
     # -- startup ---------------------------------------------------------------------------
 
@@ -163,13 +142,15 @@ class Service:
             return
         results = {r.task_id: r for r in report.tasks}
         for task_id in report.task_ids:
-            view = self.tasks[task_id] = _TaskView(task_id)
+            task = self.board.ensure(task_id)
+            task.reset_for_run()
             result = results.get(task_id)
             if result is not None:
-                view.status, view.duration_ms = result.outcome, result.duration_ms
-                view.error = result.error
+                task.status, task.duration_ms = result.outcome, result.duration_ms
+                task.error = result.error
             task_dir = self.store.runs_dir / report.run_id / task_id
-            view.output.extend(await trio.to_thread.run_sync(_read_logs, task_dir, OUTPUT_TAIL))
+            lines = await trio.to_thread.run_sync(_read_logs, task_dir, OUTPUT_TAIL)
+            task.output.extend((line.source, line.text) for line in lines)
 
     async def _reload_last_suite(self) -> None:
         """Load the suite the previous life had loaded, so that HUDs reconnecting after a
@@ -193,60 +174,21 @@ class Service:
     # -- events: engine -> state -> hub ------------------------------------------------------
 
     def on_event(self, event: Event) -> None:
-        self._apply(event)
+        fold.apply(self.board, event, time.monotonic())
         self.hub.publish(event)
-
-    def _apply(self, event: Event) -> None:
-        if isinstance(event, TBRunStart):
-            self.active = event
-            self.tasks = {tid: _TaskView(tid) for tid in event.task_ids}
-            return
-        if isinstance(event, TBRunComplete):
-            self.active = None
-            return
-        view = self.tasks.get(getattr(event, "task_id", None) or "")
-        if view is None or self.active is None or getattr(event, "run_id", None) != \
-                self.active.run_id:
-            return
-        match event:
-            case TBTaskStart():
-                view.status, view.started = "running", time.monotonic()
-            case TBTaskProgress():
-                view.phase = event.phase
-                view.current_turn = event.current_turn
-                view.started = time.monotonic() - event.elapsed_ms / 1000
-            case TBTaskOutput():
-                view.output.append(OutputLine(text=event.text, source=event.source))
-            case ContainerStart():
-                view.container_id, view.image = event.container_id, event.image
-                view.cpus, view.memory_mb = event.cpus, event.memory_mb
-            case ContainerStats():
-                view.cpu_percent, view.memory_bytes = event.cpu_percent, event.memory_bytes
-            case TBTaskComplete():
-                view.status, view.duration_ms = event.outcome, event.duration_ms
-                view.error = event.error
-            case _:
-                pass
 
     def history_event(self) -> TBRunHistory:
         return TBRunHistory(runs=self.store.list_runs(HISTORY_LIMIT))
 
     def snapshot(self) -> StateSnapshot:
         now = time.monotonic()
-        states = [view.state(now) for view in self.tasks.values()]
-        done = [s for s in states if s.status not in ("pending", "running")]
-
-        def count(status: str) -> int:
-            return sum(s.status == status for s in states)
-
+        tasks = self.board.run_tasks()
         return StateSnapshot(
-            suite=self.suite, active_run=self.active, tasks=states,
-            recent_output={tid: list(view.output) for tid, view in self.tasks.items()
-                           if view.output},
-            counts=Counts(passed=count("success"), failed=count("failure"),
-                          timeout=count("timeout"), error=count("error"), done=len(done),
-                          total=len(states)),
-            history=self.store.list_runs(HISTORY_LIMIT), version=self.version)
+            suite=self.suite, active_run=self.active,
+            tasks=[_task_state(task, now) for task in tasks],
+            recent_output={task.id: _lines(task.output) for task in tasks if task.output},
+            counts=self.board.counts(), history=self.store.list_runs(HISTORY_LIMIT),
+            version=self.version)
 
     # -- suites and runs -------------------------------------------------------------------
 
@@ -259,8 +201,7 @@ class Service:
             raise RpcError(LOAD_FAILED, str(exc)) from exc
         except OSError as exc:  # e.g. a path too long or unreadable
             raise RpcError(LOAD_FAILED, f"{path}: {exc.strerror or exc}") from exc
-        self.suite = suite_info(suite)
-        self.on_event(self.suite)
+        self.on_event(suite_info(suite))
         (self.store.home / LAST_SUITE).write_text(json.dumps({"path": path, "image": image}))
         return suite
 
@@ -320,7 +261,6 @@ class Service:
             self.on_event(ErrorEvent(message=f"run failed: {exc!r}", run_id=run_id))
         finally:
             # The engine stored the run before returning: history now holds it.
-            self.active = None
             self.current = None
             self.hub.publish(self.history_event())
             self.idle.set()
@@ -339,7 +279,7 @@ class Service:
             if task_id not in report.task_ids:
                 raise RpcError(UNKNOWN_TASK, f"run {run_id} has no task {task_id!r}")
             return False
-        if task_id not in self.tasks:
+        if task_id not in {task.id for task in self.board.run_tasks()}:
             raise RpcError(UNKNOWN_TASK, f"run {run_id} has no task {task_id!r}")
         return self.engine.stop_task(run_id, task_id)
 
@@ -364,9 +304,9 @@ class Service:
         """The live buffer of a task of the active run that has not finished (its log files
         are still being written), else the run's agent.log and verifier.log."""
         tail = tail or OUTPUT_TAIL
-        view = self.tasks.get(task_id) if run_id == self.current else None
-        if view is not None and view.status in ("pending", "running"):
-            lines = list(view.output)[-tail:]
+        task = self.board.tasks.get(task_id) if run_id == self.current else None
+        if task is not None and task.status in ("pending", "running"):
+            lines = _lines(task.output)[-tail:]
             return TaskOutputResult(run_id=run_id, task_id=task_id, lines=lines, live=True)
         report = self.require_run(run_id)
         if task_id not in report.task_ids:
@@ -374,6 +314,11 @@ class Service:
         task_dir = self.store.runs_dir / run_id / task_id
         lines = await trio.to_thread.run_sync(_read_logs, task_dir, tail)
         return TaskOutputResult(run_id=run_id, task_id=task_id, lines=lines, live=False)
+
+
+def _lines(output: Iterable[tuple[str, str]]) -> list[OutputLine]:
+    return [OutputLine(text=text, source=source)  # type: ignore[arg-type]
+            for source, text in output]
 
 
 def _read_logs(task_dir: Path, tail: int) -> list[OutputLine]:

@@ -26,16 +26,12 @@ import os
 import re
 import stat
 import tomllib
-import typing
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import attrs
 import cattrs
-from cattrs.cols import list_structure_factory, mapping_structure_factory
-from cattrs.gen import make_dict_structure_fn
-from cattrs.v import format_exception as _cattrs_format_exception
 
 from daemon.tasks.model import (
     BASE_IMAGE,
@@ -47,6 +43,8 @@ from daemon.tasks.model import (
     Suite,
     TaskSpec,
 )
+from protocol.converter import BadValue, make_converter, problems
+from protocol.converter import show as _show
 
 DIFFICULTIES = ("easy", "medium", "hard", "expert")
 DEFAULT_CATEGORY = "uncategorized"
@@ -80,77 +78,21 @@ def load(path: str | Path, *, default_image: str | None = None) -> Suite:
 
 
 # ---------------------------------------------------------------------------------------------
-# Strict cattrs converter
-
-
-class _BadValue(TypeError):
-    """Raised by our structure hooks; its text is the complete, user-facing explanation."""
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+# Strict cattrs converters (protocol.converter's factory; keys as written in the files)
 
 
 def _make_converter(mapping_word: str) -> cattrs.Converter:
-    """A converter that refuses coercions (cattrs' default would turn 2 into "2" and "x" into
-    ['x']) and words its complaints for people. `mapping_word`: "a table" or "an object"."""
-    conv = cattrs.Converter(forbid_extra_keys=False)  # unknown keys are tolerated
-
-    def strict(kind: type, words: str) -> Callable[[Any, Any], Any]:
-        def hook(value: Any, _: Any) -> Any:
-            # bool is an int subclass in Python, but `true` is not a number in a config file.
-            if isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool):
-                return value
-            raise _BadValue(f"expected {words}, got {_show(value)}")
-        return hook
-
-    conv.register_structure_hook(str, strict(str, "a string"))
-    conv.register_structure_hook(int, strict(int, "an integer"))
-    conv.register_structure_hook(bool, strict(bool, "true or false"))
-    number = strict((int, float), "a number")  # type: ignore[arg-type]
-    conv.register_structure_hook(float, lambda v, t: float(number(v, t)))
+    """The protocol's strict converter, with unknown keys tolerated (newer Harbor versions add
+    some) and the hooks for the two fields whose shape varies between files."""
+    conv = make_converter(keys="as-is", forbid_extra_keys=False, mapping_word=mapping_word)
+    # By predicate, so that they come before the preconf converter's union passthrough.
 
     def str_or_int(value: Any, _: Any) -> Any:
         if value is None or isinstance(value, str) or (
                 isinstance(value, int) and not isinstance(value, bool)):
             return value
-        raise _BadValue(f"expected a string or an integer, got {_show(value)}")
-    conv.register_structure_hook(_StrOrInt, str_or_int)
-
-    def literal_factory(tp: Any) -> Callable[[Any, Any], Any]:
-        allowed = typing.get_args(tp)
-        def hook(value: Any, _: Any) -> Any:
-            if isinstance(value, str) and value in allowed:
-                return value
-            raise _BadValue(f"expected one of {', '.join(map(repr, allowed))}, "
-                            f"got {_show(value)}")
-        return hook
-    conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is Literal,
-                                         literal_factory)
-
-    # Containers and classes: check the container type first, then let cattrs do the
-    # element work (it records indices and keys, which become the error's field path).
-    def guarded(kind: type, words: str, make: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        def factory(tp: Any) -> Callable[[Any, Any], Any]:
-            inner = make(tp)
-            def hook(value: Any, t: Any) -> Any:
-                if not isinstance(value, kind):
-                    raise _BadValue(f"expected {words}, got {_show(value)}")
-                return inner(value, t)
-            return hook
-        return factory
-
-    conv.register_structure_hook_factory(
-        lambda t: typing.get_origin(t) is list,
-        guarded(list, "an array", lambda t: list_structure_factory(t, conv)))
-    conv.register_structure_hook_factory(
-        lambda t: typing.get_origin(t) is dict,
-        guarded(dict, mapping_word, lambda t: mapping_structure_factory(t, conv)))
-    conv.register_structure_hook_factory(
-        attrs.has, guarded(dict, mapping_word, lambda t: make_dict_structure_fn(t, conv)))
+        raise BadValue(f"expected a string or an integer, got {_show(value)}")
+    conv.register_structure_hook_func(lambda t: t == _StrOrInt, str_or_int)
 
     def setup_hook(value: Any, _: Any) -> Any:
         # The two suite shapes disagree on `setup`: {files: {...}} or a list of commands.
@@ -160,34 +102,24 @@ def _make_converter(mapping_word: str) -> cattrs.Converter:
             return conv.structure(value, _SetupFiles)
         if isinstance(value, list):
             return conv.structure(value, list[str])
-        raise _BadValue(f"expected {mapping_word} {{\"files\": {{...}}}} or an array of "
-                        f"shell commands, got {_show(value)}")
-    conv.register_structure_hook(_Setup, setup_hook)
+        raise BadValue(f"expected {mapping_word} {{\"files\": {{...}}}} or an array of "
+                       f"shell commands, got {_show(value)}")
+    conv.register_structure_hook_func(lambda t: t == _Setup, setup_hook)
     return conv
 
 
 def _structure(conv: cattrs.Converter, data: Any, cls: type, file: str) -> Any:
     """conv.structure, with every validation problem turned into one LoadError."""
-    def describe(exc: BaseException, tp: Any) -> str:
-        if isinstance(exc, _BadValue):
-            return str(exc)
-        if isinstance(exc, KeyError):
-            return "required field missing"
-        return _cattrs_format_exception(exc, tp)
-
     try:
         return conv.structure(data, cls)
-    except _BadValue as exc:  # the document itself has the wrong type
+    except BadValue as exc:  # the document itself has the wrong type
         raise LoadError(file, None, str(exc)) from None
     except cattrs.BaseValidationError as exc:
-        problems = []
-        for line in cattrs.transform_error(exc, path="", format_exception=describe):
-            message, _, where = line.rpartition(" @ ")
-            problems.append((where.lstrip("."), message))
-        if len(problems) == 1:
-            raise LoadError(file, problems[0][0] or None, problems[0][1]) from None
+        found = problems(exc)
+        if len(found) == 1:
+            raise LoadError(file, found[0][0] or None, found[0][1]) from None
         raise LoadError(file, None, "; ".join(f"{w}: {m}" if w else m
-                                              for w, m in problems)) from None
+                                              for w, m in found)) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,257 @@
+"""The one fold of events into the state of a run and its tasks. No I/O here.
+
+    board = Board(output_lines=500)
+    task = apply(board, event, now)     # the task the event touched, if any
+
+The daemon keeps a Board for `getState`, the HUD draws from one, and `tbhud run` prints its
+progress from one. Mutated in place: the HUD folds 10,000 output lines a second. `now` is the
+caller's monotonic clock, so that tests can move time.
+
+A board's tasks are the loaded suite's, in suite order, then the tasks of the run on screen
+that the suite lacks; a task that is not part of that run has `status` None.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import attrs
+
+from protocol.events import (
+    ContainerStart,
+    ContainerStats,
+    ContainerStop,
+    Event,
+    RunSummary,
+    TBRunComplete,
+    TBRunHistory,
+    TBRunStart,
+    TBSuiteInfo,
+    TBTaskComplete,
+    TBTaskOutput,
+    TBTaskProgress,
+    TBTaskStart,
+)
+from protocol.rpc import Counts, StateSnapshot
+
+DONE = ("success", "failure", "timeout", "error")
+
+
+@attrs.define(eq=False)
+class Container:
+    container_id: str
+    image: str
+    cpus: float | None = None
+    memory_mb: int | None = None
+    cpu_percent: float | None = None
+    memory_bytes: int | None = None
+    memory_limit_bytes: int | None = None
+    stopped: bool = False
+    exit_code: int | None = None
+
+
+@attrs.define(eq=False)
+class Task:
+    id: str
+    name: str
+    output_lines: int = attrs.field(default=500, repr=False)
+    category: str = "uncategorized"
+    difficulty: str = "medium"
+    in_suite: bool = True
+    # None: not part of the run on screen; else pending | running | success | failure | ...
+    status: str | None = None
+    phase: str | None = None
+    turn: int | None = None
+    # The daemon reports elapsed time when the phase or turn changes; between reports the
+    # time counts on from `elapsed_at` (the clock when the report arrived).
+    elapsed_ms: int = 0
+    elapsed_at: float = 0.0
+    duration_ms: int | None = None
+    error: str | None = None
+    tests_passed: int | None = None
+    tests_total: int | None = None
+    reward: float | None = None
+    container: Container | None = None
+    output: deque[tuple[str, str]] = attrs.field(init=False)  # (source, line), newest last
+
+    def __attrs_post_init__(self) -> None:
+        self.output = deque(maxlen=self.output_lines)
+
+    def reset_for_run(self) -> None:
+        self.status, self.phase, self.turn = "pending", None, None
+        self.elapsed_ms, self.duration_ms, self.error = 0, None, None
+        self.tests_passed = self.tests_total = None
+        self.reward = None
+        self.container = None
+        self.output.clear()
+
+    def elapsed(self, now: float) -> int | None:
+        """Milliseconds so far while running, the recorded duration once done."""
+        if self.status == "running":
+            return self.elapsed_ms + int((now - self.elapsed_at) * 1000)
+        return self.duration_ms
+
+
+@attrs.define(eq=False)
+class Board:
+    """What a run looks like from outside: the suite, the run, its tasks, the history."""
+
+    output_lines: int = 500  # per task; older lines fall off
+    suite: TBSuiteInfo | None = None
+    tasks: dict[str, Task] = attrs.Factory(dict)
+    run: TBRunStart | None = None
+    complete: TBRunComplete | None = None  # of `run`, once it ended
+    started_at: float | None = None
+    history: list[RunSummary] = attrs.Factory(list)
+
+    def run_tasks(self) -> list[Task]:
+        if self.run is not None:
+            return [self.tasks[t] for t in self.run.task_ids if t in self.tasks]
+        return [t for t in self.tasks.values() if t.status is not None]
+
+    def counts(self) -> Counts:
+        statuses = [t.status for t in self.run_tasks()]
+        passed, failed = statuses.count("success"), statuses.count("failure")
+        timeout, error = statuses.count("timeout"), statuses.count("error")
+        return Counts(passed=passed, failed=failed, timeout=timeout, error=error,
+                      done=passed + failed + timeout + error, total=len(statuses))
+
+    def running(self) -> list[Task]:
+        return [t for t in self.tasks.values() if t.status == "running"]
+
+    def is_running(self) -> bool:
+        if self.run is None or self.complete is not None:
+            return False
+        return any(t.status in ("pending", "running") for t in self.run_tasks())
+
+    def ensure(self, task_id: str, name: str | None = None, category: str | None = None,
+               difficulty: str | None = None) -> Task:
+        """The task, added after the suite's when the suite lacks it."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            task = self.tasks[task_id] = Task(task_id, name or task_id, self.output_lines,
+                                              in_suite=False)
+        if not task.in_suite:  # the suite's own words win
+            task.name = name or task.name
+            task.category = category or task.category
+            task.difficulty = difficulty or task.difficulty
+        return task
+
+    def set_suite(self, info: TBSuiteInfo) -> None:
+        tasks: dict[str, Task] = {}
+        for spec in info.tasks:
+            task = self.tasks.get(spec.id) or Task(spec.id, spec.name, self.output_lines)
+            task.name, task.category, task.difficulty = spec.name, spec.category, spec.difficulty
+            task.in_suite = True
+            tasks[spec.id] = task
+        # Tasks of the run on screen stay visible even when the new suite lacks them.
+        for task in self.tasks.values():
+            if task.id not in tasks and task.status is not None:
+                task.in_suite = False
+                tasks[task.id] = task
+        self.tasks = tasks
+        self.suite = info
+
+    def start_run(self, event: TBRunStart, now: float) -> None:
+        self.run, self.complete, self.started_at = event, None, now
+        for task in self.tasks.values():
+            task.status = None
+        for task_id in event.task_ids:
+            self.ensure(task_id).reset_for_run()
+
+    def restore(self, snap: StateSnapshot, now: float) -> None:
+        """Everything but the suite from a `getState` snapshot (set_suite takes that)."""
+        self.run, self.complete = snap.active_run, None
+        for task in self.tasks.values():
+            task.status = None
+        for item in snap.tasks:
+            task = self.ensure(item.task_id)
+            task.status, task.phase, task.turn = item.status, item.phase, item.current_turn
+            task.elapsed_ms, task.elapsed_at = item.elapsed_ms or 0, now
+            task.duration_ms, task.error = item.duration_ms, item.error
+            task.container = None if item.container_id is None else Container(
+                item.container_id, item.image or "?", item.cpus, item.memory_mb,
+                item.cpu_percent, item.memory_bytes, stopped=item.status in DONE)
+        for task_id, lines in snap.recent_output.items():
+            output = self.ensure(task_id).output
+            output.clear()
+            output.extend((line.source, line.text) for line in lines)
+        self.history = list(snap.history)
+
+
+def apply(board: Board, event: Event, now: float) -> Task | None:
+    """Fold `event` into `board`; the task it touched, if any. Task events of another run
+    than the one on the board are left out."""
+    match event:
+        case TBTaskOutput():  # first: by far the most frequent, so _task is inlined
+            run = board.run
+            if run is not None and run.run_id != event.run_id:
+                return None
+            found = board.tasks.get(event.task_id) or board.ensure(event.task_id)
+            # A daemon folds lines into one event ("\n"-joined) for a lagging client.
+            source = event.source
+            found.output.extend((source, line) for line in event.text.split("\n"))
+            return found
+        case TBTaskProgress():
+            task = _task(board, event.run_id, event.task_id)
+            if task is not None and task.status not in DONE:  # a late report reopens nothing
+                task.status, task.phase = "running", event.phase
+                if event.current_turn is not None:
+                    task.turn = event.current_turn
+                task.elapsed_ms, task.elapsed_at = event.elapsed_ms, now
+            return task
+        case TBTaskStart():
+            task = _task(board, event.run_id, event.task_id, event.task_name, event.category,
+                         event.difficulty)
+            if task is not None:
+                task.status, task.phase = "running", "setup"
+                task.elapsed_ms, task.elapsed_at = 0, now
+            return task
+        case TBTaskComplete():
+            task = _task(board, event.run_id, event.task_id)
+            if task is not None:
+                task.status, task.duration_ms = event.outcome, event.duration_ms
+                task.turn = event.turns or task.turn
+                task.error, task.reward = event.error, event.reward
+                task.tests_passed, task.tests_total = event.tests_passed, event.tests_total
+            return task
+        case ContainerStart():
+            task = _task(board, event.run_id, event.task_id)
+            if task is not None:
+                task.container = Container(event.container_id, event.image, event.cpus,
+                                           event.memory_mb)
+            return task
+        case ContainerStats():
+            task = _task(board, event.run_id, event.task_id)
+            if task is not None:
+                box = task.container
+                if box is None or box.container_id != event.container_id:
+                    box = task.container = Container(event.container_id, "?")
+                box.cpu_percent, box.memory_bytes = event.cpu_percent, event.memory_bytes
+                box.memory_limit_bytes = event.memory_limit_bytes
+            return task
+        case ContainerStop():
+            task = _task(board, event.run_id, event.task_id)
+            box = task.container if task is not None else None
+            if box is not None and box.container_id == event.container_id:
+                box.stopped, box.exit_code = True, event.exit_code
+            return task
+        case TBSuiteInfo():
+            board.set_suite(event)
+        case TBRunStart():
+            board.start_run(event, now)
+        case TBRunComplete():
+            if board.run is None or board.run.run_id == event.run_id:
+                board.complete = event
+        case TBRunHistory():
+            board.history = list(event.runs)
+        case _:
+            pass  # agent messages and tool events: the output lines already show them
+    return None
+
+
+def _task(board: Board, run_id: str, task_id: str, name: str | None = None,
+          category: str | None = None, difficulty: str | None = None) -> Task | None:
+    if board.run is not None and board.run.run_id != run_id:
+        return None
+    return board.ensure(task_id, name, category, difficulty)
