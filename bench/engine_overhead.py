@@ -57,7 +57,7 @@ def run_tbhud(dataset: Path, home: Path) -> float:
     sandboxes = DockerSandboxes(connect(), instance=instance_name(home))
     engine = Engine(store, lambda _e: None, sandboxes)
     suite = load(dataset)
-    config = RunConfig(agent="nop", container_stats=False)
+    config = RunConfig(agent="nop", concurrency=1, container_stats=False)  # as run_raw: one by one
     started = time.perf_counter()
     report = trio.run(engine.run, suite, list(suite.tasks), config)
     elapsed = time.perf_counter() - started

@@ -34,7 +34,7 @@ def config_from_args(args: argparse.Namespace, *, container_stats: bool) -> RunC
     except OptionError as exc:
         raise BadInput(str(exc)) from exc
     return RunConfig(agent=args.agent, agent_options=options, concurrency=args.concurrency,
-                     timeout_multiplier=args.timeout_multiplier,
+                     timeout_multiplier=args.timeout_multiplier, pull=args.pull,
                      container_stats=container_stats)
 
 

@@ -121,7 +121,7 @@ class Progress:
         filled = int(width * c.done / c.total)
         started = self.board.started_at
         elapsed = duration(int((now - started) * 1000)) if started is not None else ""
-        running = ", ".join(f"{t.id} ({t.phase})"
+        running = ", ".join(f"{t.id} ({t.phase_text()})"
                             for t in sorted(self.board.running(), key=lambda t: t.id))
         self.stream.write(f"\r\x1b[2K[{'█' * filled}{'░' * (width - filled)}] "
                           f"{c.done}/{c.total} ✓{c.passed} ✗{c.failed} "

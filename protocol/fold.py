@@ -71,6 +71,9 @@ class Task:
     tests_passed: int | None = None
     tests_total: int | None = None
     reward: float | None = None
+    # What the phase is doing and how far (a pull in setup), while it says so.
+    detail: str | None = None
+    percent: float | None = None
     container: Container | None = None
     output: deque[tuple[str, str]] = attrs.field(init=False)  # (source, line), newest last
 
@@ -82,8 +85,17 @@ class Task:
         self.elapsed_ms, self.duration_ms, self.error = 0, None, None
         self.tests_passed = self.tests_total = None
         self.reward = None
+        self.detail = self.percent = None
         self.container = None
         self.output.clear()
+
+    def phase_text(self) -> str:
+        """The phase as shown to users: "agent", or "setup: pulling 45%"."""
+        phase = self.phase or "setup"
+        if self.detail is None:
+            return phase
+        done = f" {self.percent:.0f}%" if self.percent is not None else ""
+        return f"{phase}: {self.detail}{done}"
 
     def elapsed(self, now: float) -> int | None:
         """Milliseconds so far while running, the recorded duration once done."""
@@ -167,6 +179,7 @@ class Board:
         for item in snap.tasks:
             task = self.ensure(item.task_id)
             task.status, task.phase, task.turn = item.status, item.phase, item.current_turn
+            task.detail, task.percent = item.detail, item.percent
             task.elapsed_ms, task.elapsed_at = item.elapsed_ms or 0, now
             task.duration_ms, task.error = item.duration_ms, item.error
             task.container = None if item.container_id is None else Container(
@@ -196,6 +209,7 @@ def apply(board: Board, event: Event, now: float) -> Task | None:
             task = _task(board, event.run_id, event.task_id)
             if task is not None and task.status not in DONE:  # a late report reopens nothing
                 task.status, task.phase = "running", event.phase
+                task.detail, task.percent = event.detail, event.percent
                 if event.current_turn is not None:
                     task.turn = event.current_turn
                 task.elapsed_ms, task.elapsed_at = event.elapsed_ms, now

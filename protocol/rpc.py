@@ -29,6 +29,10 @@ from protocol.converter import camel
 from protocol.events import OutputSource, RunSummary, TBRunStart, TBSuiteInfo
 from protocol.results import RunReport
 
+PullPolicy = Literal["missing", "always", "never"]
+PULL_POLICIES: tuple[PullPolicy, ...] = ("missing", "always", "never")
+DEFAULT_CONCURRENCY = 4  # tasks side by side when a run names none (Harbor's default)
+
 # -- error codes ---------------------------------------------------------------------------
 PARSE_ERROR = -32700  # not JSON
 INVALID_REQUEST = -32600  # JSON, but not a JSON-RPC 2.0 request object (or over the size cap)
@@ -112,6 +116,8 @@ class StartRunParams:
     timeout_multiplier: float | None = attrs.field(default=None, validator=_positive)
     image: str | None = None
     testgen: bool | None = None
+    # When to pull a task's docker_image: missing (default), always (once per run), never.
+    pull: PullPolicy | None = None
 
 
 @attrs.frozen
@@ -255,6 +261,9 @@ class TaskState:
     cpu_percent: float | None
     memory_bytes: int | None
     error: str | None
+    # Extensions (tb_task_progress's): what the phase is doing, how far.
+    detail: str | None = None
+    percent: float | None = None
 
 
 @attrs.frozen

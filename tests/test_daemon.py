@@ -195,7 +195,8 @@ async def test_each_json_rpc_error_code_and_the_connection_stays_up(daemon: Daem
                                   ({"suitePath": "x", "concurrency": 0}, "concurrency"),
                                   ({"suitePath": "x", "taskIds": "a,b"}, "taskIds"),
                                   ({"suitePath": "x", "colour": "red"}, "colour"),
-                                  ({"suitePath": "x", "agent": "robot"}, "agent")]:
+                                  ({"suitePath": "x", "agent": "robot"}, "agent"),
+                                  ({"suitePath": "x", "pull": "sometimes"}, "pull")]:
                 response = await peer.request("startTBRun", params)
                 assert response["error"]["code"] == -32602, response
                 assert field in response["error"]["message"], response

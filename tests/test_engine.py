@@ -287,7 +287,7 @@ async def test_tasks_start_in_suite_order_one_at_a_time(rig: Rig, tmp_path: Path
     for name in names:
         make_task(tmp_path / "set", name, solve="true\n",
                   test="echo 1 > /logs/verifier/reward.txt\n")
-    await run(rig, tmp_path / "set")
+    await run(rig, tmp_path / "set", concurrency=1)
     order = [(type(e).__name__, e.task_id) for e in rig.events
              if isinstance(e, TBTaskStart | TBTaskComplete)]
     assert order == [(kind, n) for n in names for kind in ("TBTaskStart", "TBTaskComplete")]

@@ -101,3 +101,14 @@ def test_restore_from_a_snapshot() -> None:
     a = board.tasks["a"]
     assert board.run is None and a.elapsed(51.0) == 1900
     assert list(a.output) == [("agent", "new")]
+
+
+def test_a_pull_shows_in_the_phase_until_the_next_report() -> None:
+    board = Board()
+    fold(board, run_start("a"), task_start("a", 0, 1))
+    a = board.tasks["a"]
+    assert a.phase_text() == "setup"
+    fold(board, progress("a", "setup", 100) | {"detail": "pulling", "percent": 45.4})
+    assert a.phase_text() == "setup: pulling 45%"
+    fold(board, progress("a", "agent", 900))
+    assert (a.phase_text(), a.percent) == ("agent", None)

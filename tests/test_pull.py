@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import secrets
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from daemon.engine.run import RunConfig
 from daemon.tasks.loader import load
 from daemon.tasks.model import BASE_IMAGE
 from protocol.events import TBTaskOutput, TBTaskProgress
-from tests.conftest import Registry, Rig, make_task
+from tests.conftest import Registry, Rig, make_task, run_cli
 
 pytestmark = pytest.mark.docker
 
@@ -124,3 +125,14 @@ async def test_a_build_pulls_its_missing_from_image(rig: Rig, registry: Registry
         assert rig.client.images.get(image)
     finally:
         remove_image(rig.client, image)
+
+
+def test_pull_never_from_the_command_line(tmp_path: Path, home: Path):
+    image = "127.0.0.1:9/tbhud-test/absent:1"
+    task = make_task(tmp_path, "absent", test=PASS,
+                     toml=f'[environment]\ndocker_image = "{image}"\n')
+    result = run_cli(["run", str(task), "--pull", "never", "--json"], home=home)
+    assert result.returncode == 1, result.stderr
+    (only,) = json.loads(result.stdout)["tasks"]
+    assert only["outcome"] == "error"
+    assert only["error"].startswith(f"image {image} is not on this engine and --pull is never")

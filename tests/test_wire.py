@@ -17,8 +17,9 @@ import trio
 from client.connection import open_connection
 from client.hud.state import HudState
 from daemon.serving import process
-from daemon.serving.transports import LineReader
+from daemon.serving.transports import read_line
 from protocol import unstructure
+from protocol.framing import LineBuffer
 from protocol.rpc import Counts, StateSnapshot
 from tests.conftest import ROOT, TBHUD
 from tests.test_hud_state import RUN, output, run_start, suite_info, task_start
@@ -50,9 +51,9 @@ async def fake_daemon(frames: list[dict[str, Any]], hang_up: bool,
         async def send(obj: dict[str, Any]) -> None:
             await stream.send_all(json.dumps(obj).encode() + b"\n")
 
-        lines = LineReader(stream, 1 << 20)
+        lines = LineBuffer(1 << 20)
         async with stream:
-            while (line := await lines.readline()) is not None:
+            while (line := await read_line(stream, lines)) is not None:
                 request = json.loads(line)
                 reply = {"jsonrpc": "2.0", "id": request["id"]}
                 if request["method"] == "subscribe":

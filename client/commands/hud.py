@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from client.commands.common import positive_int
-from client.commands.runs import add_agent_options, agent_options
+from client.commands.runs import add_agent_options, add_pull_option, agent_options
 
 
 def cmd_hud(args: argparse.Namespace) -> int:
@@ -15,7 +15,7 @@ def cmd_hud(args: argparse.Namespace) -> int:
     options = {key: value for key, value in (
         ("agent", args.agent), ("agentOptions", agent_options(args) or None),
         ("agentCommand", args.agent_command), ("model", args.model),
-        ("concurrency", args.concurrency)) if value is not None}
+        ("concurrency", args.concurrency), ("pull", args.pull)) if value is not None}
     return hud_main(args.path or "", url=args.url, token=args.token, run_options=options)
 
 
@@ -29,4 +29,5 @@ def register(sub: Any) -> None:
                    "oracle; see `tbhud agents`)")
     add_agent_options(p)
     p.add_argument("--concurrency", type=positive_int, help="tasks run side by side")
+    add_pull_option(p, default=None)
     p.set_defaults(func=cmd_hud)

@@ -27,7 +27,7 @@ from client.connection import Connection, DaemonUnavailable, RpcError
 from client.render import Progress
 from protocol import RunReport, converter, structure
 from protocol.events import TBRunComplete
-from protocol.rpc import INVALID_PARAMS, LOAD_FAILED
+from protocol.rpc import DEFAULT_CONCURRENCY, INVALID_PARAMS, LOAD_FAILED, PULL_POLICIES
 
 
 def agent_option(text: str) -> tuple[str, object]:
@@ -54,6 +54,12 @@ def add_agent_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="shorthand for -o model=M (agents that take one)")
 
 
+def add_pull_option(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--pull", choices=PULL_POLICIES, default=default,
+                   help="pull a task's docker_image when it is missing (default), always "
+                   "(once per run; builds refresh their FROM image too) or never")
+
+
 def agent_options(args: argparse.Namespace) -> dict[str, object]:
     return dict(args.agent_option)
 
@@ -68,8 +74,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="shorthand for -o max_turns=N (agents that take one)")
     p.add_argument("--no-testgen", action="store_true",
                    help="shorthand for -o testgen=false (agents that take one)")
-    p.add_argument("--concurrency", type=positive_int, default=1,
-                   help="tasks run side by side (default 1)")
+    p.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY,
+                   help=f"tasks run side by side (default {DEFAULT_CONCURRENCY})")
+    add_pull_option(p, default="missing")
     p.add_argument("--timeout-multiplier", type=positive_float, default=1.0,
                    help="scales every task's agent, verifier and build time limits")
     p.add_argument("--image", help="image for suite tasks that name none "
@@ -121,7 +128,8 @@ def start_params(args: argparse.Namespace) -> dict[str, Any]:
     """startTBRun params from the run options."""
     params: dict[str, Any] = {
         "suitePath": daemon_path(args, args.path), "agent": args.agent,
-        "concurrency": args.concurrency, "timeoutMultiplier": args.timeout_multiplier}
+        "concurrency": args.concurrency, "timeoutMultiplier": args.timeout_multiplier,
+        "pull": args.pull}
     optional = {"taskIds": task_ids(args), "agentOptions": agent_options(args) or None,
                 "agentCommand": args.agent_command, "model": args.model,
                 "maxTurns": args.max_turns, "image": args.image,

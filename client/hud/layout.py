@@ -250,7 +250,7 @@ def progress_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
         lines.append([("class:dim", note)])
     for view in running:
         turn = f" | Turn {view.turn}" if view.turn is not None else ""
-        tail = f" ({view.phase or 'setup'}){turn} | {clock(state.elapsed_ms(view))}"
+        tail = f" ({view.phase_text()}){turn} | {clock(state.elapsed_ms(view))}"
         # Cut the name, never the clock.
         name = fit(view.name, max(4, width - 2 - len(tail)))
         lines.append([("class:running", "▶ "), ("", fit(name + tail, width - 2))])
@@ -300,7 +300,7 @@ def output_header(state: HudState, width: int) -> StyleAndTextTuples:
     view = state.current()
     if view is None:
         return [("class:header", pad("Output", width))]
-    where = f" ({view.phase})" if view.status == "running" and view.phase else \
+    where = f" ({view.phase_text()})" if view.status == "running" and view.phase else \
         f" [{view.status}]" if view.status else ""
     mode = "following" if state.scroll == 0 else f"↑{state.scroll} lines, End follows"
     left = fit(f"Output: {view.name}{where}", max(1, width - len(mode) - 1))

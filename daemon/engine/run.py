@@ -24,11 +24,12 @@ import trio
 
 from daemon.agents import make_agent
 from daemon.engine.task import TaskRun, _ms
-from daemon.sandbox import PULL_POLICIES, PullPolicy, SandboxProvider
+from daemon.sandbox import SandboxProvider
 from daemon.store import Store, now_iso
 from daemon.tasks.model import Suite, TaskSpec
 from protocol import Event, RunReport
 from protocol.events import TBRunComplete, TBRunStart
+from protocol.rpc import DEFAULT_CONCURRENCY, PULL_POLICIES, PullPolicy
 
 
 @attrs.frozen
@@ -37,7 +38,7 @@ class RunConfig:
     # The agent's options by name, as it declares them (daemon/agents: make_agent checks
     # them); what is not given takes the declared default.
     agent_options: dict[str, Any] = attrs.Factory(dict)
-    concurrency: int = 1
+    concurrency: int = DEFAULT_CONCURRENCY
     timeout_multiplier: float = 1.0
     # Replaces every task's agent timeout (the HUD's startTBRun `timeout`, seconds).
     agent_timeout_sec: float | None = None

@@ -4,18 +4,16 @@ implementations (`docker/`)."""
 from pathlib import Path
 
 from daemon.sandbox.base import (
-    PULL_POLICIES,
     BuildTimeout,
     ExecResult,
-    PullPolicy,
     Sandbox,
     SandboxError,
     SandboxProvider,
     Stats,
 )
 
-__all__ = ["PULL_POLICIES", "BuildTimeout", "ExecResult", "PullPolicy", "Sandbox", "SandboxError",
-           "SandboxProvider", "Stats", "open_local"]
+__all__ = ["BuildTimeout", "ExecResult", "Sandbox", "SandboxError", "SandboxProvider", "Stats",
+           "open_local"]
 
 
 async def open_local(home: Path) -> SandboxProvider:

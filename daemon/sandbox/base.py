@@ -16,12 +16,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import attrs
 import trio
 
 from daemon.tasks.model import TaskSpec
+from protocol.rpc import PullPolicy
 
 MAX_LINE = 64 * 1024  # by default a "line" longer than this is passed on in pieces
 
@@ -30,9 +30,7 @@ LineHandler = Callable[[str, str], None]
 Log = Callable[[str], None]
 Progress = Callable[[float], None]
 # When to pull a task's image: only when it is missing (the default), always (once per run),
-# or never (a missing image is then an error).
-PullPolicy = Literal["missing", "always", "never"]
-PULL_POLICIES: tuple[PullPolicy, ...] = ("missing", "always", "never")
+# or never (a missing image is then an error). The wire's name for it, shared.
 
 
 class SandboxError(RuntimeError):

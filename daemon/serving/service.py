@@ -41,6 +41,7 @@ from protocol.events import (
     TBSuiteInfo,
 )
 from protocol.rpc import (
+    DEFAULT_CONCURRENCY,
     INVALID_PARAMS,
     LOAD_FAILED,
     OUTPUT_TAIL,
@@ -86,7 +87,7 @@ def _task_state(task: fold.Task, now: float) -> TaskState:
         duration_ms=task.duration_ms, container_id=box and box.container_id,
         image=box and box.image, cpus=box and box.cpus, memory_mb=box and box.memory_mb,
         cpu_percent=box and box.cpu_percent, memory_bytes=box and box.memory_bytes,
-        error=task.error)
+        error=task.error, detail=task.detail, percent=task.percent)
 
 
 class Service:
@@ -220,9 +221,9 @@ class Service:
             except OptionError as exc:
                 raise RpcError(INVALID_PARAMS, f"{exc} @ $.{exc.field}") from exc
             config = RunConfig(agent=agent, agent_options=options,
-                               concurrency=p.concurrency or 1,
+                               concurrency=p.concurrency or DEFAULT_CONCURRENCY,
                                timeout_multiplier=p.timeout_multiplier or 1.0,
-                               agent_timeout_sec=p.timeout)
+                               agent_timeout_sec=p.timeout, pull=p.pull or "missing")
             output_dir = None
             if p.output_dir:
                 output_dir = Path(p.output_dir)

@@ -29,13 +29,13 @@ from daemon.sandbox.base import (
     BuildTimeout,
     Log,
     Progress,
-    PullPolicy,
     SandboxError,
     SandboxProvider,
 )
 from daemon.sandbox.docker.sandbox import DockerSandbox
 from daemon.sandbox.docker.streams import hang_up, pump
 from daemon.tasks.model import BASE_IMAGE, DEFAULT_WORKDIR, TaskSpec
+from protocol.rpc import PullPolicy
 
 LABEL = "tbhud"  # every container we make carries tbhud=<instance>: one per data directory
 LABEL_PID = "tbhud.pid"  # the process that owns it: a container whose owner died is an orphan
