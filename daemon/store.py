@@ -113,6 +113,11 @@ class Store:
         tmp.replace(filepath)  # readers never see a half-written report
         return report
 
+    def forget_run(self, run_id: str) -> None:
+        """Remove a run and its results from the database (an imported run, read again)."""
+        self.db.execute("DELETE FROM task_results WHERE run_id = ?", (run_id,))
+        self.db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
+
     def mark_interrupted(self) -> list[str]:
         """Runs left `running` by a daemon that died: mark them `interrupted`."""
         rows = self.db.execute("SELECT run_id FROM runs WHERE status = 'running'").fetchall()
