@@ -14,8 +14,9 @@ from typing import Any
 
 from daemon.agents import catalogue
 from daemon.serving.hub import Frame, Outbox
+from daemon.serving.runners import is_runner_message
 from daemon.serving.service import Service
-from protocol import structure, unstructure
+from protocol import dumps, structure, unstructure
 from protocol.converter import ProtocolError
 from protocol.rpc import (
     INTERNAL_ERROR,
@@ -49,6 +50,9 @@ async def handle(text: str, box: Outbox, service: Service) -> str | None:
         request = json.loads(text)
     except (ValueError, RecursionError) as exc:
         return error_text(None, PARSE_ERROR, f"parse error: {exc}")
+    if is_runner_message(request):  # a runner pushing a bare HUD message, not a request
+        error = service.runners.accept(service, request)
+        return None if error is None else dumps(error)
     if not isinstance(request, dict):
         what = "a batch (array)" if isinstance(request, list) else type(request).__name__
         return error_text(None, INVALID_REQUEST,

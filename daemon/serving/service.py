@@ -28,6 +28,7 @@ from daemon.agents import OptionError, resolve_options
 from daemon.engine.run import Engine, RunConfig, new_run_id
 from daemon.sandbox import SandboxError, SandboxProvider, open_local
 from daemon.serving.hub import Hub
+from daemon.serving.runners import Runners
 from daemon.store import Store
 from daemon.tasks.loader import load
 from daemon.tasks.model import LoadError, Suite, TaskSpec
@@ -105,6 +106,7 @@ class Service:
         self.idle.set()
         # The suite, the current (or last) run and its tasks, folded from the engine's events.
         self.board = fold.Board(output_lines=OUTPUT_TAIL)
+        self.runners = Runners()  # runs that runners push (daemon/serving/runners.py)
 
     @property
     def suite(self) -> TBSuiteInfo | None:
@@ -114,7 +116,9 @@ class Service:
     def active(self) -> TBRunStart | None:
         """The tb_run_start of the run going on, from its start until tb_run_complete."""
         run = self.board.run
-        if run is None or self.board.complete is not None or run.run_id != self.current:
+        if run is None or self.board.complete is not None:
+            return None
+        if run.run_id != self.current and not self.runners.is_open(run.run_id):
             return None
         return run
 
