@@ -16,7 +16,7 @@ import trio
 from client.commands.common import BadInput, CommandError
 from client.commands.runs import agent_options, task_ids
 from client.render import Progress
-from protocol import RunReport
+from protocol import Event, RunReport
 
 if TYPE_CHECKING:
     from daemon.engine.run import RunConfig
@@ -60,6 +60,7 @@ def _run(args: argparse.Namespace) -> RunReport:
     from daemon.engine.run import Engine
     from daemon.paths import data_dir
     from daemon.sandbox import open_local
+    from daemon.serving.emitter import Emitter, Emitters
     from daemon.store import Store
     from daemon.tasks.loader import load
 
@@ -74,8 +75,20 @@ def _run(args: argparse.Namespace) -> RunReport:
         # The engine first: with no Docker here, nothing is written to the data directory.
         sandboxes = await open_local(home)
         await sandboxes.remove_orphans()
-        with Store(home) as store:
-            await run_with(Engine(store, progress, sandboxes))
+        async with trio.open_nursery() as nursery:
+            emitters = Emitters(nursery)
+            for url in args.emit_to:
+                await emitters.add(Emitter(url, args.emit_token))
+
+            def emit(event: Event) -> None:
+                progress(event)
+                emitters.offer(event)
+
+            with Store(home) as store:
+                try:
+                    await run_with(Engine(store, emit, sandboxes))
+                finally:
+                    emitters.close()  # what is buffered goes out within a grace period
 
     async def run_with(engine: Engine) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -15,10 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
 EXIT_OK, EXIT_FAILED = 0, 1
+
+
+def add_emit_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--emit-to (repeatable) and --emit-token: push HUD messages to HUD servers."""
+    parser.add_argument("--emit-to", action="append", default=[], metavar="ws://HOST:PORT",
+                        help=f"push {what} to this HUD server, as bare JSON objects "
+                             "(repeatable; reconnects, buffers a bounded amount)")
+    parser.add_argument("--emit-token", help="bearer token for --emit-to servers (default "
+                        "none)")
 
 
 def build_parser(prog: str = "python -m daemon") -> argparse.ArgumentParser:
@@ -38,6 +48,7 @@ def build_parser(prog: str = "python -m daemon") -> argparse.ArgumentParser:
                         help="allow --listen on a non-loopback address")
     parser.add_argument("--json", action="store_true",
                         help="start, status: the daemon's status as one JSON object on stdout")
+    add_emit_options(parser, "every HUD message of every run")
     parser.add_argument("--image", help="base-image: image name (default tbhud/base:bookworm)")
     parser.add_argument("--mirror", help="base-image: Debian mirror URL")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -69,7 +80,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m daemon") -> int:
             stopped = process.stop()
             print("stopped the daemon" if stopped else "no daemon runs", file=sys.stderr)
             return EXIT_OK
-        options = process.Options(listen=args.listen, allow_remote=args.allow_remote)
+        options = process.Options(
+            listen=args.listen, allow_remote=args.allow_remote, emit_to=tuple(args.emit_to),
+            emit_token=args.emit_token or os.environ.get(process.EMIT_TOKEN_ENV))
         options.address()  # refuse a bad --listen here, not in the log of a detached child
         if args.foreground:
             return process.run_foreground(options, args.ready_fd)

@@ -77,6 +77,13 @@ def _positive(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise ValueError(f"{camel(attribute.name)} must be a positive number, got {value!r}")
 
 
+def _websocket_urls(_: Any, attribute: attrs.Attribute[Any], value: list[str] | None) -> None:
+    for url in value or ():
+        if not url.startswith(("ws://", "wss://")):
+            raise ValueError(f"{camel(attribute.name)}: expected ws://HOST:PORT or "
+                             f"wss://..., got {url!r}")
+
+
 def _non_empty(_: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     if not value:
         raise ValueError(f"{camel(attribute.name)} must not be empty")
@@ -118,6 +125,9 @@ class StartRunParams:
     testgen: bool | None = None
     # When to pull a task's docker_image: missing (default), always (once per run), never.
     pull: PullPolicy | None = None
+    # HUD servers (ws://HOST:PORT) this run's messages are pushed to, with this token if any.
+    emit_to: list[str] | None = attrs.field(default=None, validator=_websocket_urls)
+    emit_token: str | None = None
 
 
 @attrs.frozen

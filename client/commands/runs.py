@@ -77,6 +77,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY,
                    help=f"tasks run side by side (default {DEFAULT_CONCURRENCY})")
     add_pull_option(p, default="missing")
+    p.add_argument("--emit-to", action="append", default=[], metavar="ws://HOST:PORT",
+                   help="also push this run's HUD messages to a HUD server that listens "
+                   "(repeatable; bare JSON objects, as the HUD protocol's runner sends them)")
+    p.add_argument("--emit-token", help="bearer token for the --emit-to servers")
     p.add_argument("--timeout-multiplier", type=positive_float, default=1.0,
                    help="scales every task's agent, verifier and build time limits")
     p.add_argument("--image", help="image for suite tasks that name none "
@@ -130,7 +134,8 @@ def start_params(args: argparse.Namespace) -> dict[str, Any]:
         "suitePath": daemon_path(args, args.path), "agent": args.agent,
         "concurrency": args.concurrency, "timeoutMultiplier": args.timeout_multiplier,
         "pull": args.pull}
-    optional = {"taskIds": task_ids(args), "agentOptions": agent_options(args) or None,
+    optional = {"taskIds": task_ids(args), "emitTo": args.emit_to or None,
+                "emitToken": args.emit_token, "agentOptions": agent_options(args) or None,
                 "agentCommand": args.agent_command, "model": args.model,
                 "maxTurns": args.max_turns, "image": args.image,
                 # Only when given, so that it never contradicts -o testgen=...

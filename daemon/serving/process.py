@@ -37,6 +37,7 @@ import attrs
 import trio
 
 from daemon.paths import data_dir, runtime_dir
+from daemon.serving.emitter import Emitter
 from daemon.serving.hub import Hub
 from daemon.serving.service import Service
 from daemon.serving.transports import serve_unix, serve_ws
@@ -46,6 +47,7 @@ from protocol import locations
 log = logging.getLogger("tbhud.daemon")
 
 DEFAULT_LISTEN = "127.0.0.1:4242"
+EMIT_TOKEN_ENV = "TBHUD_EMIT_TOKEN"  # --emit-token, handed to a background daemon
 START_TIMEOUT = 60.0  # seconds `tbhud daemon` waits for the child to listen
 STOP_TIMEOUT = 120.0  # seconds `tbhud daemon stop` waits (a run's teardown is bounded)
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,6 +179,9 @@ def already_running_text() -> str:
 class Options:
     listen: str | None = None  # "HOST:PORT"; None: $TBHUD_LISTEN or DEFAULT_LISTEN; "none"
     allow_remote: bool = False
+    # HUD servers every message is pushed to (--emit-to), with --emit-token if given.
+    emit_to: tuple[str, ...] = ()
+    emit_token: str | None = None
 
     def address(self) -> tuple[str, int] | None:
         """(host, port) to serve WebSocket on, or None. Refuses a non-loopback address
@@ -230,6 +235,8 @@ async def run_daemon(options: Options, *,
         try:
             async with trio.open_nursery() as nursery:
                 service = Service(store, Hub(), nursery)
+                for url in options.emit_to:
+                    await service.emitters.add(Emitter(url, options.emit_token))
                 await service.recover()
                 sock = str(socket_path())
                 await nursery.start(serve_unix, sock, service)
@@ -330,7 +337,11 @@ def start_background(options: Options) -> tuple[Status, bool]:
         cmd += ["--listen", options.listen]
     if options.allow_remote:
         cmd.append("--allow-remote")
+    for url in options.emit_to:
+        cmd += ["--emit-to", url]
     env = dict(os.environ)
+    if options.emit_token:  # in the environment, not on the command line `ps` shows
+        env[EMIT_TOKEN_ENV] = options.emit_token
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     with open(log_path(), "ab") as log_file:
         offset = log_file.tell()

@@ -27,6 +27,7 @@ import trio
 from daemon.agents import OptionError, resolve_options
 from daemon.engine.run import Engine, RunConfig, new_run_id
 from daemon.sandbox import SandboxError, SandboxProvider, open_local
+from daemon.serving.emitter import Emitter, Emitters
 from daemon.serving.hub import Hub
 from daemon.serving.runners import Runners
 from daemon.store import Store
@@ -107,6 +108,7 @@ class Service:
         # The suite, the current (or last) run and its tasks, folded from the engine's events.
         self.board = fold.Board(output_lines=OUTPUT_TAIL)
         self.runners = Runners()  # runs that runners push (daemon/serving/runners.py)
+        self.emitters = Emitters(nursery)  # HUD servers we push to (--emit-to, emitTo)
 
     @property
     def suite(self) -> TBSuiteInfo | None:
@@ -181,6 +183,7 @@ class Service:
     def on_event(self, event: Event) -> None:
         fold.apply(self.board, event, time.monotonic())
         self.hub.publish(event)
+        self.emitters.offer(event)
 
     def history_event(self) -> TBRunHistory:
         return TBRunHistory(runs=self.store.list_runs(HISTORY_LIMIT))
@@ -244,6 +247,8 @@ class Service:
                 engine = await self._engine()
             except SandboxError as exc:
                 raise RpcError(RUN_FAILED, str(exc)) from exc
+            for url in p.emit_to or ():
+                await self.emitters.add(Emitter(url, p.emit_token), run_id=run_id)
             await self.nursery.start(self._run, engine, suite, tasks, config, run_id,
                                      output_dir)
         except BaseException:
@@ -266,6 +271,7 @@ class Service:
             self.on_event(ErrorEvent(message=f"run failed: {exc!r}", run_id=run_id))
         finally:
             # The engine stored the run before returning: history now holds it.
+            self.emitters.close_run(run_id)
             self.current = None
             self.hub.publish(self.history_event())
             self.idle.set()
