@@ -33,7 +33,7 @@ from trio_websocket import (
 )
 
 from client.wire import read_event
-from protocol import Event, locations, unstructure
+from protocol import Event, dumps, locations, unstructure
 from protocol.events import ErrorEvent
 from protocol.framing import FrameTooLarge, LineBuffer
 from protocol.rpc import RpcError
@@ -150,6 +150,16 @@ class Connection:
             raise RpcError(int(error.get("code", 0)), str(error.get("message", "")),
                            error.get("data"))
         return response.get("result")
+
+    async def push(self, event: Event) -> None:
+        """Send a bare HUD message, as a runner does (the daemon answers only an invalid one,
+        with an `error` event)."""
+        if self._closed:
+            raise DaemonUnavailable("the connection to the daemon is closed")
+        try:
+            await self._transport.send(dumps(event))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed) as exc:
+            raise DaemonUnavailable(f"lost the daemon: {exc!r}") from exc
 
     async def events(self) -> AsyncIterator[Event]:
         """Events in the order the daemon sent them (after `call("subscribe")`); ends when

@@ -113,6 +113,13 @@ class Store:
         tmp.replace(filepath)  # readers never see a half-written report
         return report
 
+    def add_task(self, run_id: str, task_id: str) -> None:
+        """A task the run did not name at its start (a runner's job that grows)."""
+        task_ids = self._task_ids(run_id)
+        if task_id not in task_ids:
+            self.db.execute("UPDATE runs SET task_ids = ? WHERE run_id = ?",
+                            (json.dumps([*task_ids, task_id]), run_id))
+
     def forget_run(self, run_id: str) -> None:
         """Remove a run and its results from the database (an imported run, read again)."""
         self.db.execute("DELETE FROM task_results WHERE run_id = ?", (run_id,))

@@ -4,10 +4,17 @@ the history, with the summary of `tbhud run --json`; `compare` against a tbhud r
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import make_task, run_cli
+import trio
+
+from daemon.serving.process import Daemon
+from tests.conftest import ROOT, TBHUD, make_task, run_cli
+from tests.test_daemon import unix_peer
+
+LIMIT = 60
 
 STARTED = "2026-11-20T10:00:00.000000Z"
 
@@ -105,3 +112,50 @@ def test_repeated_tasks_keep_each_trial_and_bad_jobs_exit_2(tmp_path: Path, home
     assert result.returncode == 2
     assert "t__1/result.json: verifier_result.rewards.reward: expected a number" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_watch_follows_a_running_job_into_the_daemon(daemon: Daemon, tmp_path: Path,
+                                                          home: Path, nursery: trio.Nursery):
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "config.json").write_text(json.dumps({"job_name": "live", "agents": [
+        {"name": "oracle"}]}))
+    (job / "result.json").write_text(json.dumps({"id": "live1", "started_at": STARTED,
+                                                 "n_total_trials": 2}))
+    trial(job, "hello-file__a1", "hello-file", reward=1.0)
+    (job / "fix-config__b2").mkdir()  # Harbor is still running this trial
+    with trio.fail_after(LIMIT):
+        watcher = await unix_peer(nursery, str(daemon.status.socket))
+        await watcher.result("subscribe")
+        done: dict[str, Any] = {}
+        finished = trio.Event()
+
+        async def watch() -> None:
+            done["proc"] = await trio.run_process(
+                [*TBHUD, "watch", str(job), "--interval", "0.1", "--json"], cwd=ROOT,
+                env={**os.environ, "TBHUD_HOME": str(home)}, capture_stdout=True,
+                capture_stderr=True, check=False)
+            finished.set()
+
+        nursery.start_soon(watch)
+        await watcher.wait_for(lambda f: f.get("type") == "tb_task_complete"
+                               and f["taskId"] == "hello-file")
+        assert not any(f.get("type") == "tb_task_complete" and f["taskId"] == "fix-config"
+                       for f in watcher.frames)
+        # The second trial ends, then the job.
+        (job / "fix-config__b2" / "result.json").write_text(json.dumps({
+            "task_name": "fix-config", "started_at": STARTED,
+            "finished_at": "2026-11-20T10:00:40Z",
+            "verifier_result": {"rewards": {"reward": 1.0}}}))
+        (job / "result.json").write_text(json.dumps({
+            "id": "live1", "started_at": STARTED, "finished_at": "2026-11-20T10:01:00Z"}))
+        await watcher.wait_for(lambda f: f.get("type") == "tb_run_history"
+                               and any(r["runId"] == "harbor-live1" for r in f["runs"]))
+        await finished.wait()  # it exits once the run is stored
+    proc = done["proc"]
+    assert proc.returncode == 0, proc.stderr.decode()
+    stored = json.loads(proc.stdout)
+    assert (stored["runId"], stored["agent"], stored["passed"]) == ("harbor-live1",
+                                                                   "harbor:oracle", 2)
+    assert sorted(stored["taskIds"]) == ["fix-config", "hello-file"]
+    assert stored["totalDurationMs"] == 60_000

@@ -1,11 +1,9 @@
 """`tbhud history`, `show`, `compare`: past runs. Without --url they read the local store
-on disk (no daemon needed); with --url they ask that daemon, whose history is on its box.
-`tbhud import JOB_DIR` records a Harbor job in the local history."""
+on disk (no daemon needed); with --url they ask that daemon, whose history is on its box."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from client.commands.common import (
@@ -106,19 +104,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_import(args: argparse.Namespace) -> int:
-    from client.commands.runs import report_exit
-    from daemon.harbor_job import import_job
-    from daemon.tasks.model import LoadError
-
-    with _store() as store:
-        try:
-            report = import_job(store, Path(args.job_dir))
-        except LoadError as exc:
-            raise BadInput(str(exc)) from exc
-    return report_exit(report, args.json)
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser("history", help="past runs, newest first")
     p.add_argument("--limit", type=positive_int, default=50)
@@ -139,7 +124,3 @@ def register(sub: Any) -> None:
     add_daemon_options(p)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("import", help="record a Harbor job directory as a run in the history")
-    p.add_argument("job_dir", help="a Harbor job directory (JOB_DIR/<trial>/result.json)")
-    p.add_argument("--json", action="store_true", help="the summary as `tbhud run --json`")
-    p.set_defaults(func=cmd_import)

@@ -22,6 +22,7 @@ from protocol.events import (
     TBRunHistory,
     TBRunStart,
     TBTaskComplete,
+    TBTaskStart,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +71,8 @@ class Runners:
                     suite_path="", agent=event.agent or EXTERNAL_AGENT,
                     task_ids=list(event.task_ids), timestamp=event.timestamp)
                 self.open.add(event.run_id)
+            case TBTaskStart() if event.run_id in self.open:
+                service.store.add_task(event.run_id, event.task_id)
             case TBTaskComplete() if event.run_id in self.open:
                 service.store.record_task(event.run_id, TaskResult(
                     task_id=event.task_id, outcome=event.outcome, duration_ms=event.duration_ms,
