@@ -204,6 +204,14 @@ async def test_the_image_entrypoint_runs_so_its_services_are_up_for_the_agent(
     assert report.tasks[0].outcome == "success", report.tasks[0].error
 
 
+async def test_the_oracle_gets_the_solution_env(rig: Rig, tmp_path: Path):
+    task = make_task(tmp_path, "solution-env", solve='echo "$ANSWER" > /tmp/answer\n',
+                     test='[ "$(cat /tmp/answer)" = 42 ] && echo 1 > /logs/verifier/reward.txt\n',
+                     toml='[solution.env]\nANSWER = "42"\n')
+    report = await run(rig, task)
+    assert report.tasks[0].outcome == "success", report.tasks[0].error
+
+
 async def test_stop_run_mid_task_records_stopped_and_leaves_no_container(rig: Rig,
                                                                          tmp_path: Path):
     task = make_task(tmp_path, "forever", solve="sleep 300\n",

@@ -16,7 +16,9 @@ class OracleAgent(Agent):
         if "solve.sh" not in ctx.task.solution_files:
             raise AgentError(f"task {ctx.task.id} has no solution/solve.sh for the oracle agent")
         await ctx.sandbox.put_files(ctx.task.solution_files, SOLUTION_DIR)
-        code = await ctx.sh(f"bash {SOLUTION_DIR}/solve.sh")
+        # `[solution.env]` of task.toml, as Harbor hands it to solve.sh.
+        code = await ctx.sh(f"bash {SOLUTION_DIR}/solve.sh",
+                            environment=ctx.task.solution_env or None)
         return AgentResult(turns=0, note=None if code == 0 else f"solve.sh exited {code}")
 
 
