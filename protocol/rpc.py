@@ -14,6 +14,9 @@ Methods (HUD names first):
     getTaskOutput TaskOutputParams   -> TaskOutputResult
     stopTask      TaskParams         -> StoppedResult
     compareRuns   CompareParams      -> Comparison
+    resumeTBRun   ResumeRunParams    -> StartRunResult      an interrupted or stopped run, same id
+    getQueue      NoParams           -> QueueResult         runs waiting behind the active one
+    cancelQueued  RunParams          -> CancelledResult
     version       NoParams           -> VersionResult
     getAgents     NoParams           -> AgentsResult        the agents this daemon can run
 """
@@ -26,12 +29,13 @@ from typing import Any, Literal
 import attrs
 
 from protocol.converter import camel
-from protocol.events import OutputSource, RunSummary, TBRunStart, TBSuiteInfo
+from protocol.events import OutputSource, QueueEntry, RunSummary, TBRunStart, TBSuiteInfo
 from protocol.results import RunReport
 
 PullPolicy = Literal["missing", "always", "never"]
 PULL_POLICIES: tuple[PullPolicy, ...] = ("missing", "always", "never")
 DEFAULT_CONCURRENCY = 4  # tasks side by side when a run names none (Harbor's default)
+DEFAULT_RETRIES = 1  # further tries of a retryable infrastructure error
 
 # -- error codes ---------------------------------------------------------------------------
 PARSE_ERROR = -32700  # not JSON
@@ -118,6 +122,18 @@ class StartRunParams:
     testgen: bool | None = None
     # When to pull a task's docker_image: missing (default), always (once per run), never.
     pull: PullPolicy | None = None
+    attempts: int | None = attrs.field(default=None, validator=_at_least(1))  # pass@k's K
+    # Further tries of a task whose error is retryable (default DEFAULT_RETRIES; 0: none).
+    retries: int | None = attrs.field(default=None, validator=_at_least(0))
+    # While a run is active: wait behind it (queued) instead of error RUN_ACTIVE.
+    queue: bool | None = None
+
+
+@attrs.frozen
+class ResumeRunParams:
+    run_id: str
+    retry_errors: bool | None = None  # also run again the trials whose result is `error`
+    queue: bool | None = None
 
 
 @attrs.frozen
@@ -158,6 +174,17 @@ class CompareParams:
 @attrs.frozen
 class StartRunResult:
     run_id: str
+    queued: bool | None = None  # it waits behind the active run (see getQueue)
+
+
+@attrs.frozen
+class QueueResult:
+    runs: list[QueueEntry]  # in the order they will start
+
+
+@attrs.frozen
+class CancelledResult:
+    cancelled: bool
 
 
 @attrs.frozen
@@ -264,6 +291,10 @@ class TaskState:
     # Extensions (tb_task_progress's): what the phase is doing, how far.
     detail: str | None = None
     percent: float | None = None
+    # Attempt N of K while it runs; the outcomes of the attempts done so far.
+    attempt: int | None = None
+    attempts: int | None = None
+    outcomes: list[str] | None = None
 
 
 @attrs.frozen
@@ -285,6 +316,7 @@ class StateSnapshot:
     counts: Counts
     history: list[RunSummary]
     version: str
+    queue: list[QueueEntry] = attrs.Factory(list)
 
 
 ChangeKind = Literal["improved", "regressed", "unchanged", "added", "removed"]
@@ -329,6 +361,9 @@ PARAMS: dict[str, type] = {
     "compareRuns": CompareParams,
     "version": NoParams,
     "getAgents": NoParams,
+    "resumeTBRun": ResumeRunParams,
+    "getQueue": NoParams,
+    "cancelQueued": RunParams,
 }
 
 

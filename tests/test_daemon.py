@@ -253,7 +253,8 @@ def _release(client: docker.DockerClient, container_id: str) -> None:
     client.containers.get(container_id).exec_run(["touch", "/tmp/go"])
 
 
-STATE_KEYS = {"suite", "activeRun", "tasks", "recentOutput", "counts", "history", "version"}
+STATE_KEYS = {"suite", "activeRun", "tasks", "recentOutput", "counts", "history", "version",
+              "queue"}
 TASK_KEYS = {"taskId", "status", "phase", "currentTurn", "elapsedMs", "durationMs",
              "containerId", "image", "cpus", "memoryMb", "cpuPercent", "memoryBytes", "error"}
 COUNT_KEYS = {"passed", "failed", "timeout", "error", "done", "total"}

@@ -177,6 +177,7 @@ def already_running_text() -> str:
 class Options:
     listen: str | None = None  # "HOST:PORT"; None: $TBHUD_LISTEN or DEFAULT_LISTEN; "none"
     allow_remote: bool = False
+    resume_interrupted: bool = False  # resume the runs a previous life left unfinished
 
     def address(self) -> tuple[str, int] | None:
         """(host, port) to serve WebSocket on, or None. Refuses a non-loopback address
@@ -230,7 +231,7 @@ async def run_daemon(options: Options, *,
         try:
             async with trio.open_nursery() as nursery:
                 service = Service(store, Hub(), nursery)
-                await service.recover()
+                await service.recover(resume_interrupted=options.resume_interrupted)
                 sock = str(socket_path())
                 await nursery.start(serve_unix, sock, service)
                 url = await _listen_ws(nursery, address, options, service)
@@ -330,6 +331,8 @@ def start_background(options: Options) -> tuple[Status, bool]:
         cmd += ["--listen", options.listen]
     if options.allow_remote:
         cmd.append("--allow-remote")
+    if options.resume_interrupted:
+        cmd.append("--resume-interrupted")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     with open(log_path(), "ab") as log_file:
