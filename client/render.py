@@ -75,12 +75,21 @@ def report_text(report: RunReport) -> str:
 
 
 def history_text(runs: list[RunSummary]) -> str:
-    rows = [[r.run_id, r.suite_name, r.agent or "-", r.status or "-", f"{r.pass_rate:.0%}",
-             f"{r.passed}/{r.task_count}", str(r.failed), str(r.timeout), str(r.error),
+    rows = [[r.run_id, r.suite_name, r.agent or "-", r.status or "-", _pass(r),
+             f"{r.passed}/{r.task_count * (r.attempts or 1)}", str(r.failed),
+             str(r.timeout), str(r.error),
              duration(r.total_duration_ms), r.timestamp[:19].replace("T", " ")]
             for r in runs]
     return table(["run", "suite", "agent", "status", "pass", "passed", "failed", "timeout",
                   "error", "time", "started"], rows)
+
+
+def _pass(run: RunSummary) -> str:
+    """The pass rate, and pass@K when each task ran K > 1 times: "33% p@3 100%"."""
+    text = f"{run.pass_rate:.0%}"
+    if run.attempts and run.pass_at_k and str(run.attempts) in run.pass_at_k:
+        text += f" p@{run.attempts} {run.pass_at_k[str(run.attempts)]:.0%}"
+    return text
 
 
 class Progress:

@@ -92,6 +92,8 @@ class RunSummary:
     # Extensions.
     status: RunStatus | None = None
     agent: str | None = None
+    attempts: int | None = None  # when more than one per task
+    pass_at_k: dict[str, float] | None = None
 
 
 @attrs.frozen

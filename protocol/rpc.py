@@ -30,7 +30,7 @@ import attrs
 
 from protocol.converter import camel
 from protocol.events import OutputSource, QueueEntry, RunSummary, TBRunStart, TBSuiteInfo
-from protocol.results import RunReport
+from protocol.results import RunReport, TaskResult
 
 PullPolicy = Literal["missing", "always", "never"]
 PULL_POLICIES: tuple[PullPolicy, ...] = ("missing", "always", "never")
@@ -367,11 +367,26 @@ PARAMS: dict[str, type] = {
 }
 
 
+def _per_task(report: RunReport) -> dict[str, tuple[float, str, int]]:
+    """task -> (share of its trials that succeeded, its outcome as shown, mean duration):
+    one trial shows its outcome, K of them "c/n success"."""
+    trials: dict[str, list[TaskResult]] = {}
+    for t in report.tasks:
+        trials.setdefault(t.task_id, []).append(t)
+    found = {}
+    for task_id, results in trials.items():
+        wins = sum(r.outcome == "success" for r in results)
+        shown = results[0].outcome if len(results) == 1 else f"{wins}/{len(results)} success"
+        found[task_id] = (wins / len(results), shown,
+                          sum(r.duration_ms for r in results) // len(results))
+    return found
+
+
 def compare(run: RunReport, baseline: RunReport) -> Comparison:
-    """Per-task change of `run` against `baseline`. A task improved when it
-    succeeds now and did not before, regressed the other way round."""
-    now = {t.task_id: t for t in run.tasks}
-    before = {t.task_id: t for t in baseline.tasks}
+    """Per-task change of `run` against `baseline`. A task improved when a larger share of
+    its trials succeeds now (with one attempt: it succeeds now and did not before),
+    regressed the other way round."""
+    now, before = _per_task(run), _per_task(baseline)
     changes = []
     for task_id in list(dict.fromkeys([*run.task_ids, *baseline.task_ids])):
         a, b = now.get(task_id), before.get(task_id)
@@ -382,14 +397,14 @@ def compare(run: RunReport, baseline: RunReport) -> Comparison:
             kind = "added"
         elif a is None:
             kind = "removed"
-        elif (a.outcome == "success") == (b.outcome == "success"):
+        elif a[0] == b[0]:
             kind = "unchanged"
         else:
-            kind = "improved" if a.outcome == "success" else "regressed"
-        delta = a.duration_ms - b.duration_ms if a and b else None
+            kind = "improved" if a[0] > b[0] else "regressed"
+        delta = a[2] - b[2] if a and b else None
         changes.append(TaskChange(task_id=task_id, change=kind,
-                                  outcome=a.outcome if a else None,
-                                  baseline_outcome=b.outcome if b else None,
+                                  outcome=a[1] if a else None,
+                                  baseline_outcome=b[1] if b else None,
                                   duration_delta_ms=delta))
     count = {k: sum(c.change == k for c in changes)
              for k in ("improved", "regressed", "unchanged", "added", "removed")}

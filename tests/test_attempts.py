@@ -7,19 +7,22 @@ SandboxError (an injected engine failure) or drops a marker file into the real c
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import attrs
+import docker
 import pytest
 import trio
 
 from daemon.engine.run import Engine, RunConfig
 from daemon.sandbox import Sandbox, SandboxError, SandboxProvider
+from daemon.store import Store
 from daemon.tasks.loader import load
 from daemon.tasks.model import TaskSpec
 from protocol.events import TBRunComplete, TBRunStart, TBTaskComplete, TBTaskStart
 from protocol.results import TaskResult, pass_at_k
-from tests.conftest import Rig, make_task
+from tests.conftest import Rig, make_task, our_containers, run_cli
 
 LIMIT = 180
 
@@ -199,3 +202,55 @@ async def test_resume_keeps_errors_unless_asked_to_retry_them(rig: Rig, tmp_path
                                      resume=True, retry_errors=True)
     assert again.tasks[0].outcome == "success" and again.tasks[0].tries == 2
     assert again.status == "completed" and again.run_id == first.run_id
+
+
+def test_a_store_from_before_attempts_is_migrated(tmp_path: Path):
+    db = sqlite3.connect(tmp_path / "tbhud.sqlite3")
+    db.executescript("""
+        CREATE TABLE runs (run_id TEXT PRIMARY KEY, suite_name TEXT NOT NULL,
+            suite_version TEXT NOT NULL, suite_path TEXT NOT NULL, agent TEXT NOT NULL,
+            status TEXT NOT NULL, timestamp TEXT NOT NULL, task_ids TEXT NOT NULL,
+            total_duration_ms INTEGER NOT NULL DEFAULT 0, filepath TEXT);
+        CREATE TABLE task_results (run_id TEXT NOT NULL, task_id TEXT NOT NULL,
+            outcome TEXT NOT NULL, duration_ms INTEGER NOT NULL, tests_passed INTEGER,
+            tests_total INTEGER, reward REAL, turns INTEGER, tokens INTEGER, cost_usd REAL,
+            error TEXT, PRIMARY KEY (run_id, task_id));
+        INSERT INTO runs VALUES ('tb-old', 's', '1', '/s', 'oracle', 'completed', 't',
+            '["a"]', 10, NULL);
+        INSERT INTO task_results VALUES ('tb-old', 'a', 'success', 5, NULL, NULL, 1.0,
+            NULL, NULL, NULL, NULL);
+        """)
+    db.commit()
+    db.close()
+    with Store(tmp_path) as store:
+        report = store.get_run("tb-old")
+        assert report is not None and report.attempts == 1
+        assert [(t.task_id, t.attempt, t.tries, t.outcome) for t in report.tasks] == [
+            ("a", 1, 1, "success")]
+        assert report.pass_at_k == {"1": 1.0}
+        store.record_task("tb-old", attrs.evolve(report.tasks[0], tries=2))  # new key works
+        assert len(store._results("tb-old")[1]) == 1
+
+
+def test_tbhud_run_attempts_json_show_history_and_compare(tmp_path: Path, home: Path,
+                                                         docker_client: docker.DockerClient):
+    task = make_task(tmp_path, "twice", solve="true\n",
+                     test="echo 1 > /logs/verifier/reward.txt\n")
+    ran = run_cli(["run", str(task), "--attempts", "2", "--json"], home=home)
+    assert ran.returncode == 0, ran.stderr
+    summary = json.loads(ran.stdout)
+    assert summary["attempts"] == 2 and summary["passAtK"] == {"1": 1.0, "2": 1.0}
+    assert summary["meanReward"] == 1.0
+    assert [(t["taskId"], t["attempt"]) for t in summary["tasks"]] == [("twice", 1),
+                                                                       ("twice", 2)]
+    assert "attempt 2/2" in ran.stderr
+    once = json.loads(run_cli(["run", str(task), "--json"], home=home).stdout)
+    shown = run_cli(["show", summary["runId"]], home=home)
+    assert "pass@2 100.0%" in shown.stdout and "attempt" in shown.stdout
+    history = run_cli(["history"], home=home).stdout
+    assert "p@2 100%" in history and "2/2" in history
+    compared = json.loads(run_cli(["compare", once["runId"], summary["runId"], "--json"],
+                                  home=home).stdout)
+    assert [(t["outcome"], t["baselineOutcome"], t["change"]) for t in compared["tasks"]] == [
+        ("success", "2/2 success", "unchanged")]
+    assert our_containers(docker_client, home) == []
