@@ -8,6 +8,11 @@ One task, one sandbox (a container): setup (image, sandbox, files) -> agent -> v
 Ctrl-C and cancellation. Stopping a run (`stop_run`) or a task (`stop_task`) records the
 stopped tasks as `error` ("stopped") and the run as `stopped`; cancelling `run()` from
 outside does the same before the cancellation goes on.
+
+A trial is one attempt at a task (`attempts` K: pass@k); a task's attempts run one after
+another in its slot. A trial whose error is retryable (a SandboxError or AgentError marked so)
+is tried again after a doubling backoff, `retries` times; every try is stored. `resume=True`
+continues a stored run under its id: trials with a final result are kept, the rest run.
 """
 
 from __future__ import annotations

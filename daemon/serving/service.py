@@ -5,9 +5,11 @@ turns requests into calls here.
 Data flow: engine.emit -> Service.on_event (updates the snapshot) -> Hub.publish.
 
 One run at a time: a second startTBRun while a run is active (from its start until it is
-stored and `tb_run_history` is pushed) fails with RUN_ACTIVE naming the active run. Runs
-share the machine's Docker engine and CPU; two runs side by side would skew each other's
-timings, and `concurrency` already runs a suite's tasks in parallel.
+stored and `tb_run_history` is pushed) fails with RUN_ACTIVE naming the active run, unless it
+asks to be queued (`queue: true`): queued runs (and resumes) are kept in the store, start one
+by one as the active run ends, and survive a restart. Runs share the machine's Docker engine
+and CPU; two runs side by side would skew each other's timings, and `concurrency` already
+runs a suite's tasks in parallel.
 """
 
 from __future__ import annotations
