@@ -35,7 +35,8 @@ def config_from_args(args: argparse.Namespace, *, container_stats: bool) -> RunC
         raise BadInput(str(exc)) from exc
     return RunConfig(agent=args.agent, agent_options=options, concurrency=args.concurrency,
                      timeout_multiplier=args.timeout_multiplier, pull=args.pull,
-                     container_stats=container_stats)
+                     container_stats=container_stats, attempts=args.attempts,
+                     retries=args.retries, image=args.image)
 
 
 def run_locally(args: argparse.Namespace) -> RunReport:

@@ -43,30 +43,53 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def report_text(report: RunReport) -> str:
+    """One row per trial (task x attempt; an `attempt` column when K > 1), then the totals,
+    pass@k and the mean reward for K > 1."""
+    many = report.attempts > 1
     rows = []
     for t in report.tasks:
         tests = f"{t.tests_passed}/{t.tests_total}" if t.tests_total is not None else "-"
-        rows.append([f"{ICONS[t.outcome]} {t.task_id}", t.outcome, duration(t.duration_ms),
-                     tests, _cell(t.reward), _cell(t.turns), (t.error or "")[:60]])
-    recorded = {t.task_id for t in report.tasks}
-    rows += [[f"  {tid}", "not run", "-", "-", "-", "-", ""]
-             for tid in report.task_ids if tid not in recorded]
-    body = table(["task", "outcome", "time", "tests", "reward", "turns", "note"], rows)
-    total = len(report.task_ids)
+        note = (t.error or "")[:60] + (f" ({t.tries} tries)" if t.tries > 1 else "")
+        rows.append([f"{ICONS[t.outcome]} {t.task_id}", *([str(t.attempt)] if many else []),
+                     t.outcome, duration(t.duration_ms), tests, _cell(t.reward),
+                     _cell(t.turns), note.strip()])
+    recorded = {(t.task_id, t.attempt) for t in report.tasks}
+    rows += [[f"  {tid}", *([str(a)] if many else []), "not run", "-", "-", "-", "-", ""]
+             for tid in report.task_ids for a in range(1, report.attempts + 1)
+             if (tid, a) not in recorded]
+    body = table(["task", *(["attempt"] if many else []), "outcome", "time", "tests",
+                  "reward", "turns", "note"], rows)
+    total = len(report.task_ids) * report.attempts
     foot = (f"{report.suite_name}: {report.passed}/{total} passed ({report.pass_rate:.1%}), "
             f"{report.failed} failed, {report.timeout} timeout, {report.error} error "
-            f"in {duration(report.total_duration_ms)} [{report.status}]\n"
-            f"run {report.run_id}  report {report.filepath or '-'}")
+            f"in {duration(report.total_duration_ms)} [{report.status}]\n")
+    if many:
+        ks = ", ".join(f"pass@{k} {v:.1%}" for k, v in report.pass_at_k.items())
+        foot += f"{report.attempts} attempts per task: {ks or 'no results'}; mean reward " \
+                f"{_cell(report.mean_reward)}\n"
+    if report.retried:
+        foot += f"{len(report.retried)} tr{'y' if len(report.retried) == 1 else 'ies'} " \
+                "replaced by a retry (see --json `retried`)\n"
+    foot += f"run {report.run_id}  report {report.filepath or '-'}"
     return body + "\n\n" + foot
 
 
 def history_text(runs: list[RunSummary]) -> str:
-    rows = [[r.run_id, r.suite_name, r.agent or "-", r.status or "-", f"{r.pass_rate:.0%}",
-             f"{r.passed}/{r.task_count}", str(r.failed), str(r.timeout), str(r.error),
+    rows = [[r.run_id, r.suite_name, r.agent or "-", r.status or "-", _pass(r),
+             f"{r.passed}/{r.task_count * (r.attempts or 1)}", str(r.failed),
+             str(r.timeout), str(r.error),
              duration(r.total_duration_ms), r.timestamp[:19].replace("T", " ")]
             for r in runs]
     return table(["run", "suite", "agent", "status", "pass", "passed", "failed", "timeout",
                   "error", "time", "started"], rows)
+
+
+def _pass(run: RunSummary) -> str:
+    """The pass rate, and pass@K when each task ran K > 1 times: "33% p@3 100%"."""
+    text = f"{run.pass_rate:.0%}"
+    if run.attempts and run.pass_at_k and str(run.attempts) in run.pass_at_k:
+        text += f" p@{run.attempts} {run.pass_at_k[str(run.attempts)]:.0%}"
+    return text
 
 
 class Progress:
@@ -91,8 +114,12 @@ class Progress:
                            f"{event.task_id}")
             case TBTaskComplete():
                 note = f" ({event.error})" if event.error else ""
-                self._line(f"{ICONS[event.outcome]} {event.task_id}: {event.outcome} in "
-                           f"{duration(event.duration_ms)}{note}")
+                which = (f" attempt {event.attempt}/{event.attempts}"
+                         if (event.attempts or 1) > 1 else "")
+                then = (", retrying" if event.will_retry else
+                        ", kept from before the resume" if event.kept else "")
+                self._line(f"{ICONS[event.outcome]} {event.task_id}{which}: {event.outcome} "
+                           f"in {duration(event.duration_ms)}{note}{then}")
             case TBTaskOutput() if self.verbose:
                 self._line(f"  {event.task_id} [{event.source}] {event.text}")
             case _:

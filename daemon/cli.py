@@ -3,6 +3,7 @@
     python -m daemon [start] [--json]       start it in the background; returns once it
                                             listens and prints where (--json: on stdout)
     python -m daemon --foreground           run in this process until SIGTERM (systemd, tests)
+    python -m daemon --resume-interrupted   (with start or --foreground) resume unfinished runs
     python -m daemon stop                   stop it gracefully (the active run is recorded)
     python -m daemon status [--json]        where the running daemon is
     python -m daemon base-image             build the base image when Docker lacks it
@@ -46,6 +47,10 @@ def build_parser(prog: str = "python -m daemon") -> argparse.ArgumentParser:
                              "`none` for the Unix socket only)")
     parser.add_argument("--allow-remote", action="store_true",
                         help="allow --listen on a non-loopback address")
+    parser.add_argument("--resume-interrupted", action="store_true",
+                        help="start: resume the runs a previous life left unfinished (a "
+                             "killed daemon, a reboot), one after another under their own "
+                             "ids, before the queued runs")
     parser.add_argument("--json", action="store_true",
                         help="start, status: the daemon's status as one JSON object on stdout")
     add_emit_options(parser, "every HUD message of every run")
@@ -82,7 +87,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m daemon") -> int:
             return EXIT_OK
         options = process.Options(
             listen=args.listen, allow_remote=args.allow_remote, emit_to=tuple(args.emit_to),
-            emit_token=args.emit_token or os.environ.get(process.EMIT_TOKEN_ENV))
+            emit_token=args.emit_token or os.environ.get(process.EMIT_TOKEN_ENV),
+            resume_interrupted=args.resume_interrupted)
         options.address()  # refuse a bad --listen here, not in the log of a detached child
         if args.foreground:
             return process.run_foreground(options, args.ready_fd)

@@ -19,21 +19,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from protocol import RunReport, TaskResult, converter, pass_rate, tally
-from protocol.events import RunSummary
+from protocol.events import QueueEntry, RunSummary
+from protocol.results import mean_reward, pass_at_k, was_stopped
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    suite_name TEXT NOT NULL,
-    suite_version TEXT NOT NULL,
-    suite_path TEXT NOT NULL,
-    agent TEXT NOT NULL,
-    status TEXT NOT NULL,
-    timestamp TEXT NOT NULL,
-    task_ids TEXT NOT NULL,
-    total_duration_ms INTEGER NOT NULL DEFAULT 0,
-    filepath TEXT
-);
+TASK_RESULTS = """
 CREATE TABLE IF NOT EXISTS task_results (
     run_id TEXT NOT NULL REFERENCES runs(run_id),
     task_id TEXT NOT NULL,
@@ -46,12 +35,57 @@ CREATE TABLE IF NOT EXISTS task_results (
     tokens INTEGER,
     cost_usd REAL,
     error TEXT,
-    PRIMARY KEY (run_id, task_id)
+    attempt INTEGER NOT NULL DEFAULT 1,
+    try INTEGER NOT NULL DEFAULT 1,
+    retryable INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, task_id, attempt, try)
+);
+"""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    suite_name TEXT NOT NULL,
+    suite_version TEXT NOT NULL,
+    suite_path TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    status TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    task_ids TEXT NOT NULL,
+    total_duration_ms INTEGER NOT NULL DEFAULT 0,
+    filepath TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    config TEXT
+);
+""" + TASK_RESULTS + """CREATE TABLE IF NOT EXISTS queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    params TEXT NOT NULL,
+    suite_path TEXT,
+    agent TEXT,
+    queued_at TEXT NOT NULL
 );
 """
 
 RESULT_COLUMNS = ("task_id, outcome, duration_ms, tests_passed, tests_total, reward, turns,"
-                  " tokens, cost_usd, error")
+                  " tokens, cost_usd, error, attempt, try, retryable")
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Stores written before attempts: add the run columns, and re-key task_results by
+    (task, attempt, try) (SQLite cannot change a primary key in place)."""
+    run_columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+    if run_columns and "attempts" not in run_columns:
+        db.execute("ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1")
+        db.execute("ALTER TABLE runs ADD COLUMN config TEXT")
+    result_columns = {row[1] for row in db.execute("PRAGMA table_info(task_results)")}
+    if result_columns and "attempt" not in result_columns:
+        db.executescript(
+            "BEGIN; ALTER TABLE task_results RENAME TO task_results_v1;" + TASK_RESULTS
+            + "INSERT INTO task_results (run_id, task_id, outcome, duration_ms, tests_passed,"
+            " tests_total, reward, turns, tokens, cost_usd, error) SELECT * FROM"
+            " task_results_v1; DROP TABLE task_results_v1; COMMIT;")
 
 
 def now_iso() -> str:
@@ -68,6 +102,7 @@ class Store:
                                   check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=5000")
+        _migrate(self.db)
         self.db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -82,28 +117,41 @@ class Store:
     # -- writing -------------------------------------------------------------------------
 
     def begin_run(self, run_id: str, *, suite_name: str, suite_version: str, suite_path: str,
-                  agent: str, task_ids: list[str], timestamp: str) -> None:
+                  agent: str, task_ids: list[str], timestamp: str, attempts: int = 1,
+                  config: dict[str, object] | None = None) -> None:
+        """A new run; `config` is what a resume needs to run it the same way."""
         self.db.execute(
             "INSERT INTO runs (run_id, suite_name, suite_version, suite_path, agent, status,"
-            " timestamp, task_ids) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+            " timestamp, task_ids, attempts, config) VALUES (?, ?, ?, ?, ?, 'running', ?, ?,"
+            " ?, ?)",
             (run_id, suite_name, suite_version, suite_path, agent, timestamp,
-             json.dumps(task_ids)),
+             json.dumps(task_ids), attempts, json.dumps(config or {})),
         )
+
+    def reopen_run(self, run_id: str) -> None:
+        """A resumed run is running again (its results so far stay)."""
+        self.db.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", (run_id,))
+
+    def run_config(self, run_id: str) -> dict[str, object]:
+        row = self.db.execute("SELECT config FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else {}
 
     def record_task(self, run_id: str, result: TaskResult) -> None:
         self.db.execute(
             f"INSERT OR REPLACE INTO task_results (run_id, {RESULT_COLUMNS})"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (run_id, result.task_id, result.outcome, result.duration_ms, result.tests_passed,
              result.tests_total, result.reward, result.turns, result.tokens, result.cost_usd,
-             result.error),
+             result.error, result.attempt, result.tries, int(result.retryable)),
         )
 
     def finish_run(self, run_id: str, *, status: str, total_duration_ms: int) -> RunReport:
-        """Mark the run ended, write report.json, and return the report."""
+        """Mark the run ended, write report.json, and return the report. The duration adds
+        to the time of earlier lives of a resumed run."""
         filepath = str(self.run_dir(run_id) / "report.json")
         self.db.execute(
-            "UPDATE runs SET status = ?, total_duration_ms = ?, filepath = ? WHERE run_id = ?",
+            "UPDATE runs SET status = ?, total_duration_ms = total_duration_ms + ?,"
+            " filepath = ? WHERE run_id = ?",
             (status, total_duration_ms, filepath, run_id),
         )
         report = self.get_run(run_id)
@@ -139,20 +187,76 @@ class Store:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def task_dir(self, run_id: str, task_id: str) -> Path:
+    def task_dir(self, run_id: str, task_id: str, attempt: int = 1) -> Path:
+        """runs/<run>/<task>/, and runs/<run>/<task>/attempt-N/ for attempts after the first.
+        The tries of one attempt share its directory (their logs follow each other)."""
         path = self.run_dir(run_id) / task_id
+        if attempt > 1:
+            path = path / f"attempt-{attempt}"
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    # -- the queue -------------------------------------------------------------------------
+
+    def enqueue(self, run_id: str, kind: str, params: dict[str, object], *,
+                suite_path: str | None, agent: str | None, front: bool = False) -> None:
+        seq = None
+        if front:  # before everything queued (a resume at daemon start)
+            row = self.db.execute("SELECT MIN(seq) FROM queue").fetchone()
+            seq = (row[0] or 1) - 1
+        self.db.execute(
+            "INSERT INTO queue (seq, run_id, kind, params, suite_path, agent, queued_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, run_id, kind, json.dumps(params), suite_path, agent, now_iso()))
+
+    def queue(self) -> list[QueueEntry]:
+        rows = self.db.execute("SELECT run_id, kind, suite_path, agent, queued_at FROM queue"
+                               " ORDER BY seq").fetchall()
+        return [QueueEntry(*row) for row in rows]
+
+    def queued_params(self, run_id: str) -> dict[str, object] | None:
+        row = self.db.execute("SELECT params FROM queue WHERE run_id = ?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def dequeue(self, run_id: str) -> bool:
+        return self.db.execute("DELETE FROM queue WHERE run_id = ?", (run_id,)).rowcount > 0
 
     # -- reading ---------------------------------------------------------------------------
 
     def task_results(self, run_id: str) -> list[TaskResult]:
+        """The final result of each trial (task, attempt): its last try."""
+        return self._results(run_id)[0]
+
+    def _results(self, run_id: str) -> tuple[list[TaskResult], list[TaskResult]]:
+        """(final results, the tries a later try replaced), in suite order then attempt."""
         rows = self.db.execute(
-            f"SELECT {RESULT_COLUMNS} FROM task_results WHERE run_id = ?", (run_id,)
-        ).fetchall()
-        results = [TaskResult(*row) for row in rows]
+            f"SELECT {RESULT_COLUMNS} FROM task_results WHERE run_id = ? ORDER BY try",
+            (run_id,)).fetchall()
+        final: dict[tuple[str, int], TaskResult] = {}
+        retried: list[TaskResult] = []
+        for row in rows:
+            result = TaskResult(*row[:-1], retryable=bool(row[-1]))
+            earlier = final.get((result.task_id, result.attempt))
+            if earlier is not None:
+                retried.append(earlier)
+            final[(result.task_id, result.attempt)] = result
         order = {tid: i for i, tid in enumerate(self._task_ids(run_id))}
-        return sorted(results, key=lambda r: order.get(r.task_id, len(order)))
+
+        def key(r: TaskResult) -> tuple[int, int, int]:
+            return order.get(r.task_id, len(order)), r.attempt, r.tries
+
+        return sorted(final.values(), key=key), sorted(retried, key=key)
+
+    def kept_results(self, run_id: str, *, retry_errors: bool) -> dict[tuple[str, int],
+                                                                        TaskResult]:
+        """What a resume keeps: final results, but not stopped ones (nor errors when asked)."""
+        return {(r.task_id, r.attempt): r for r in self.task_results(run_id)
+                if not was_stopped(r) and not (retry_errors and r.outcome == "error")}
+
+    def last_tries(self, run_id: str) -> dict[tuple[str, int], int]:
+        rows = self.db.execute("SELECT task_id, attempt, MAX(try) FROM task_results"
+                               " WHERE run_id = ? GROUP BY task_id, attempt", (run_id,))
+        return {(task_id, attempt): tries for task_id, attempt, tries in rows}
 
     def _task_ids(self, run_id: str) -> list[str]:
         row = self.db.execute("SELECT task_ids FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -161,11 +265,11 @@ class Store:
     def get_run(self, run_id: str) -> RunReport | None:
         row = self.db.execute(
             "SELECT run_id, suite_name, suite_version, suite_path, agent, status, timestamp,"
-            " task_ids, total_duration_ms, filepath FROM runs WHERE run_id = ?", (run_id,)
-        ).fetchone()
+            " task_ids, total_duration_ms, filepath, attempts FROM runs WHERE run_id = ?",
+            (run_id,)).fetchone()
         if row is None:
             return None
-        results = self.task_results(run_id)
+        results, retried = self._results(run_id)
         counts = tally(results)
         return RunReport(
             run_id=row[0], suite_name=row[1], suite_version=row[2], suite_path=row[3],
@@ -174,6 +278,8 @@ class Store:
             pass_rate=pass_rate(results), passed=counts["success"], failed=counts["failure"],
             timeout=counts["timeout"], error=counts["error"],
             total_tokens=sum(r.tokens or 0 for r in results), tasks=results,
+            attempts=row[10], pass_at_k=pass_at_k(results, row[10]),
+            mean_reward=mean_reward(results), retried=retried,
         )
 
     def list_runs(self, limit: int = 50) -> list[RunSummary]:
@@ -191,4 +297,6 @@ def summary(report: RunReport) -> RunSummary:
         total_duration_ms=report.total_duration_ms, total_tokens=report.total_tokens,
         task_count=len(report.task_ids), filepath=report.filepath or "",
         status=report.status, agent=report.agent,
+        **({"attempts": report.attempts, "pass_at_k": report.pass_at_k}
+           if report.attempts > 1 else {}),
     )

@@ -54,6 +54,8 @@ class TBRunStart:
     # Extensions.
     agent: str | None = None
     concurrency: int | None = None
+    attempts: int | None = None  # each task runs this many times (pass@k)
+    resumed: bool | None = None  # a resumed run: its kept results follow as tb_task_complete
 
 
 @attrs.frozen
@@ -66,8 +68,10 @@ class TBRunComplete:
     error: int
     total_duration_ms: int
     type: Literal["tb_run_complete"] = "tb_run_complete"
-    # Extension: `completed` or `stopped`.
+    # Extensions: `completed` or `stopped`; pass@k (k = 1..K) and the mean reward.
     status: RunStatus | None = None
+    pass_at_k: dict[str, float] | None = None
+    mean_reward: float | None = None
 
 
 @attrs.frozen
@@ -88,12 +92,31 @@ class RunSummary:
     # Extensions.
     status: RunStatus | None = None
     agent: str | None = None
+    attempts: int | None = None  # when more than one per task
+    pass_at_k: dict[str, float] | None = None
 
 
 @attrs.frozen
 class TBRunHistory:
     runs: list[RunSummary]
     type: Literal["tb_run_history"] = "tb_run_history"
+
+
+@attrs.frozen
+class QueueEntry:
+    run_id: str  # reserved: the run keeps it when it starts
+    kind: Literal["start", "resume"]
+    suite_path: str | None
+    agent: str | None
+    queued_at: str
+
+
+@attrs.frozen
+class RunQueue:
+    """The runs waiting behind the active one, sent whenever that changes."""
+
+    runs: list[QueueEntry]
+    type: Literal["run_queue"] = "run_queue"
 
 
 @attrs.frozen
@@ -106,6 +129,10 @@ class TBTaskStart:
     task_index: int
     total_tasks: int
     type: Literal["tb_task_start"] = "tb_task_start"
+    # Extensions: attempt 1..K of the task, and K; the try of that attempt (1 + retries).
+    attempt: int | None = None
+    attempts: int | None = None
+    tries: int | None = None
 
 
 @attrs.frozen
@@ -147,6 +174,15 @@ class TBTaskComplete:
     reward: float | None = None
     cost_usd: float | None = None
     error: str | None = None
+    # Attempt 1..K; the tries it took; an infrastructure error worth another try, and
+    # whether one follows (then this try's result is not the attempt's); a result kept from
+    # before a resume, sent again so that clients show it.
+    attempt: int | None = None
+    attempts: int | None = None
+    tries: int | None = None
+    retryable: bool | None = None
+    will_retry: bool | None = None
+    kept: bool | None = None
 
 
 @attrs.frozen
@@ -223,6 +259,7 @@ Event = (
     | TBRunStart
     | TBRunComplete
     | TBRunHistory
+    | RunQueue
     | TBTaskStart
     | TBTaskProgress
     | TBTaskOutput

@@ -22,6 +22,8 @@ from protocol.events import (
     ContainerStats,
     ContainerStop,
     Event,
+    QueueEntry,
+    RunQueue,
     RunSummary,
     TBRunComplete,
     TBRunHistory,
@@ -75,6 +77,10 @@ class Task:
     detail: str | None = None
     percent: float | None = None
     container: Container | None = None
+    # Attempt N of K (pass@k runs); the outcomes of the attempts done, in order.
+    attempt: int | None = None
+    attempts: int | None = None
+    outcomes: list[str] = attrs.Factory(list)
     output: deque[tuple[str, str]] = attrs.field(init=False)  # (source, line), newest last
 
     def __attrs_post_init__(self) -> None:
@@ -87,15 +93,19 @@ class Task:
         self.reward = None
         self.detail = self.percent = None
         self.container = None
+        self.attempt = self.attempts = None
+        self.outcomes = []
         self.output.clear()
 
     def phase_text(self) -> str:
-        """The phase as shown to users: "agent", or "setup: pulling 45%"."""
+        """The phase as shown to users: "agent", "setup: pulling 45%", "agent, attempt 2/3"."""
         phase = self.phase or "setup"
-        if self.detail is None:
-            return phase
-        done = f" {self.percent:.0f}%" if self.percent is not None else ""
-        return f"{phase}: {self.detail}{done}"
+        if self.detail is not None:
+            done = f" {self.percent:.0f}%" if self.percent is not None else ""
+            phase = f"{phase}: {self.detail}{done}"
+        if self.attempts is not None and self.attempts > 1:
+            phase = f"{phase}, attempt {self.attempt}/{self.attempts}"
+        return phase
 
     def elapsed(self, now: float) -> int | None:
         """Milliseconds so far while running, the recorded duration once done."""
@@ -115,6 +125,7 @@ class Board:
     complete: TBRunComplete | None = None  # of `run`, once it ended
     started_at: float | None = None
     history: list[RunSummary] = attrs.Factory(list)
+    queue: list[QueueEntry] = attrs.Factory(list)  # runs waiting behind the active one
 
     def run_tasks(self) -> list[Task]:
         if self.run is not None:
@@ -122,11 +133,18 @@ class Board:
         return [t for t in self.tasks.values() if t.status is not None]
 
     def counts(self) -> Counts:
-        statuses = [t.status for t in self.run_tasks()]
-        passed, failed = statuses.count("success"), statuses.count("failure")
-        timeout, error = statuses.count("timeout"), statuses.count("error")
+        """Trials: with K attempts per task, each attempt counts (total = tasks x K)."""
+        tasks = self.run_tasks()
+        outcomes = [o for t in tasks for o in t.outcomes]
+        passed, failed = outcomes.count("success"), outcomes.count("failure")
+        timeout, error = outcomes.count("timeout"), outcomes.count("error")
+        attempts = (self.run.attempts if self.run is not None else None) or 1
         return Counts(passed=passed, failed=failed, timeout=timeout, error=error,
-                      done=passed + failed + timeout + error, total=len(statuses))
+                      done=len(outcomes), total=len(tasks) * attempts)
+
+    def pass_at_k(self) -> dict[str, float] | None:
+        """The run's pass@k once it completed (None before, or from an older daemon)."""
+        return self.complete.pass_at_k if self.complete is not None else None
 
     def running(self) -> list[Task]:
         return [t for t in self.tasks.values() if t.status == "running"]
@@ -182,6 +200,9 @@ class Board:
             task.detail, task.percent = item.detail, item.percent
             task.elapsed_ms, task.elapsed_at = item.elapsed_ms or 0, now
             task.duration_ms, task.error = item.duration_ms, item.error
+            task.attempt, task.attempts = item.attempt, item.attempts
+            task.outcomes = list(item.outcomes) if item.outcomes is not None else (
+                [item.status] if item.status in DONE else [])
             task.container = None if item.container_id is None else Container(
                 item.container_id, item.image or "?", item.cpus, item.memory_mb,
                 item.cpu_percent, item.memory_bytes, stopped=item.status in DONE)
@@ -190,6 +211,7 @@ class Board:
             output.clear()
             output.extend((line.source, line.text) for line in lines)
         self.history = list(snap.history)
+        self.queue = list(snap.queue)
 
 
 def apply(board: Board, event: Event, now: float) -> Task | None:
@@ -220,10 +242,15 @@ def apply(board: Board, event: Event, now: float) -> Task | None:
             if task is not None:
                 task.status, task.phase = "running", "setup"
                 task.elapsed_ms, task.elapsed_at = 0, now
+                task.attempt, task.attempts = event.attempt, event.attempts
             return task
         case TBTaskComplete():
             task = _task(board, event.run_id, event.task_id)
-            if task is not None:
+            if task is not None and event.will_retry:
+                task.error = event.error  # another try of this attempt follows
+            elif task is not None:
+                task.outcomes.append(event.outcome)
+                task.attempt, task.attempts = event.attempt, event.attempts
                 task.status, task.duration_ms = event.outcome, event.duration_ms
                 task.turn = event.turns or task.turn
                 task.error, task.reward = event.error, event.reward
@@ -259,6 +286,8 @@ def apply(board: Board, event: Event, now: float) -> Task | None:
                 board.complete = event
         case TBRunHistory():
             board.history = list(event.runs)
+        case RunQueue():
+            board.queue = list(event.runs)
         case _:
             pass  # agent messages and tool events: the output lines already show them
     return None

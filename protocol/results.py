@@ -5,6 +5,8 @@ Every field is required so that unknown values travel as JSON null rather than v
 
 from __future__ import annotations
 
+import math
+
 import attrs
 
 from protocol.events import Outcome, RunStatus
@@ -24,6 +26,12 @@ class TaskResult:
     # Why an `error` or `timeout` happened, or what the agent reported on a failure
     # (e.g. "claude-code: error_max_turns"); null for a plain success or failure.
     error: str | None
+    # Which of the run's K attempts at the task this is (1..K), how many tries it took
+    # (retries of retryable errors included), and whether its error was an infrastructure
+    # failure worth another try (a lost engine, a failed pull).
+    attempt: int = 1
+    tries: int = 1
+    retryable: bool = False
 
 
 @attrs.frozen
@@ -46,6 +54,14 @@ class RunReport:
     tasks: list[TaskResult]
     # The JSON report written when the run ended (null while it runs).
     filepath: str | None
+    # Attempts per task (`--attempts K`); `tasks` then holds one result per trial.
+    attempts: int = 1
+    # pass@k for k = 1..K: the unbiased estimator 1 - C(n-c, k)/C(n, k) per task (n trials
+    # with a result, c successes), averaged over the tasks with at least k trials.
+    pass_at_k: dict[str, float] = attrs.Factory(dict)
+    mean_reward: float | None = None  # over the trials that have a reward
+    # Tries that a retry replaced, oldest first: recorded, never hidden.
+    retried: list[TaskResult] = attrs.Factory(list)
 
 
 def tally(results: list[TaskResult]) -> dict[str, int]:
@@ -58,3 +74,29 @@ def tally(results: list[TaskResult]) -> dict[str, int]:
 def pass_rate(results: list[TaskResult]) -> float:
     """Share of recorded tasks that succeeded (0.0 when none is recorded)."""
     return tally(results)["success"] / len(results) if results else 0.0
+
+
+def was_stopped(result: TaskResult) -> bool:
+    """Stopped by a user or a shutdown: not a final result (a resume runs the task again)."""
+    error = result.error or ""
+    return result.outcome == "error" and (error == "stopped" or error.startswith("stopped; "))
+
+
+def pass_at_k(results: list[TaskResult], attempts: int) -> dict[str, float]:
+    """{"1": ..., "K": ...}: per task 1 - C(n-c, k)/C(n, k), averaged over the tasks that
+    have at least k trials (math.comb is 0 when n-c < k: every draw holds a success)."""
+    trials: dict[str, list[bool]] = {}
+    for r in results:
+        trials.setdefault(r.task_id, []).append(r.outcome == "success")
+    found: dict[str, float] = {}
+    for k in range(1, attempts + 1):
+        scores = [1 - math.comb(len(t) - sum(t), k) / math.comb(len(t), k)
+                  for t in trials.values() if len(t) >= k]
+        if scores:
+            found[str(k)] = sum(scores) / len(scores)
+    return found
+
+
+def mean_reward(results: list[TaskResult]) -> float | None:
+    rewards = [r.reward for r in results if r.reward is not None]
+    return sum(rewards) / len(rewards) if rewards else None

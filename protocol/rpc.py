@@ -14,6 +14,9 @@ Methods (HUD names first):
     getTaskOutput TaskOutputParams   -> TaskOutputResult
     stopTask      TaskParams         -> StoppedResult
     compareRuns   CompareParams      -> Comparison
+    resumeTBRun   ResumeRunParams    -> StartRunResult      an interrupted or stopped run, same id
+    getQueue      NoParams           -> QueueResult         runs waiting behind the active one
+    cancelQueued  RunParams          -> CancelledResult
     version       NoParams           -> VersionResult
     getAgents     NoParams           -> AgentsResult        the agents this daemon can run
 """
@@ -26,12 +29,13 @@ from typing import Any, Literal
 import attrs
 
 from protocol.converter import camel
-from protocol.events import OutputSource, RunSummary, TBRunStart, TBSuiteInfo
-from protocol.results import RunReport
+from protocol.events import OutputSource, QueueEntry, RunSummary, TBRunStart, TBSuiteInfo
+from protocol.results import RunReport, TaskResult
 
 PullPolicy = Literal["missing", "always", "never"]
 PULL_POLICIES: tuple[PullPolicy, ...] = ("missing", "always", "never")
 DEFAULT_CONCURRENCY = 4  # tasks side by side when a run names none (Harbor's default)
+DEFAULT_RETRIES = 1  # further tries of a retryable infrastructure error
 
 # -- error codes ---------------------------------------------------------------------------
 PARSE_ERROR = -32700  # not JSON
@@ -128,6 +132,18 @@ class StartRunParams:
     # HUD servers (ws://HOST:PORT) this run's messages are pushed to, with this token if any.
     emit_to: list[str] | None = attrs.field(default=None, validator=_websocket_urls)
     emit_token: str | None = None
+    attempts: int | None = attrs.field(default=None, validator=_at_least(1))  # pass@k's K
+    # Further tries of a task whose error is retryable (default DEFAULT_RETRIES; 0: none).
+    retries: int | None = attrs.field(default=None, validator=_at_least(0))
+    # While a run is active: wait behind it (queued) instead of error RUN_ACTIVE.
+    queue: bool | None = None
+
+
+@attrs.frozen
+class ResumeRunParams:
+    run_id: str
+    retry_errors: bool | None = None  # also run again the trials whose result is `error`
+    queue: bool | None = None
 
 
 @attrs.frozen
@@ -168,6 +184,17 @@ class CompareParams:
 @attrs.frozen
 class StartRunResult:
     run_id: str
+    queued: bool | None = None  # it waits behind the active run (see getQueue)
+
+
+@attrs.frozen
+class QueueResult:
+    runs: list[QueueEntry]  # in the order they will start
+
+
+@attrs.frozen
+class CancelledResult:
+    cancelled: bool
 
 
 @attrs.frozen
@@ -274,6 +301,10 @@ class TaskState:
     # Extensions (tb_task_progress's): what the phase is doing, how far.
     detail: str | None = None
     percent: float | None = None
+    # Attempt N of K while it runs; the outcomes of the attempts done so far.
+    attempt: int | None = None
+    attempts: int | None = None
+    outcomes: list[str] | None = None
 
 
 @attrs.frozen
@@ -295,6 +326,7 @@ class StateSnapshot:
     counts: Counts
     history: list[RunSummary]
     version: str
+    queue: list[QueueEntry] = attrs.Factory(list)
 
 
 ChangeKind = Literal["improved", "regressed", "unchanged", "added", "removed"]
@@ -339,14 +371,32 @@ PARAMS: dict[str, type] = {
     "compareRuns": CompareParams,
     "version": NoParams,
     "getAgents": NoParams,
+    "resumeTBRun": ResumeRunParams,
+    "getQueue": NoParams,
+    "cancelQueued": RunParams,
 }
 
 
+def _per_task(report: RunReport) -> dict[str, tuple[float, str, int]]:
+    """task -> (share of its trials that succeeded, its outcome as shown, mean duration):
+    one trial shows its outcome, K of them "c/n success"."""
+    trials: dict[str, list[TaskResult]] = {}
+    for t in report.tasks:
+        trials.setdefault(t.task_id, []).append(t)
+    found = {}
+    for task_id, results in trials.items():
+        wins = sum(r.outcome == "success" for r in results)
+        shown = results[0].outcome if len(results) == 1 else f"{wins}/{len(results)} success"
+        found[task_id] = (wins / len(results), shown,
+                          sum(r.duration_ms for r in results) // len(results))
+    return found
+
+
 def compare(run: RunReport, baseline: RunReport) -> Comparison:
-    """Per-task change of `run` against `baseline`. A task improved when it
-    succeeds now and did not before, regressed the other way round."""
-    now = {t.task_id: t for t in run.tasks}
-    before = {t.task_id: t for t in baseline.tasks}
+    """Per-task change of `run` against `baseline`. A task improved when a larger share of
+    its trials succeeds now (with one attempt: it succeeds now and did not before),
+    regressed the other way round."""
+    now, before = _per_task(run), _per_task(baseline)
     changes = []
     for task_id in list(dict.fromkeys([*run.task_ids, *baseline.task_ids])):
         a, b = now.get(task_id), before.get(task_id)
@@ -357,14 +407,14 @@ def compare(run: RunReport, baseline: RunReport) -> Comparison:
             kind = "added"
         elif a is None:
             kind = "removed"
-        elif (a.outcome == "success") == (b.outcome == "success"):
+        elif a[0] == b[0]:
             kind = "unchanged"
         else:
-            kind = "improved" if a.outcome == "success" else "regressed"
-        delta = a.duration_ms - b.duration_ms if a and b else None
+            kind = "improved" if a[0] > b[0] else "regressed"
+        delta = a[2] - b[2] if a and b else None
         changes.append(TaskChange(task_id=task_id, change=kind,
-                                  outcome=a.outcome if a else None,
-                                  baseline_outcome=b.outcome if b else None,
+                                  outcome=a[1] if a else None,
+                                  baseline_outcome=b[1] if b else None,
                                   duration_delta_ms=delta))
     count = {k: sum(c.change == k for c in changes)
              for k in ("improved", "regressed", "unchanged", "added", "removed")}

@@ -12,7 +12,7 @@ import docker
 import pytest
 import trio
 
-from daemon.agents.claude_code import MISSING_CLAUDE, claude_argv, result_note
+from daemon.agents.claude_code import MISSING_CLAUDE, api_busy, claude_argv, result_note
 from daemon.agents.claude_stream import Final, testgen_instruction
 from daemon.engine.run import RunConfig
 from daemon.tasks.loader import load
@@ -305,6 +305,11 @@ def test_result_note() -> None:
     assert result_note(final("success", True, "Invalid API key · Fix external API key"), 1) == (
         "claude-code: error: Invalid API key · Fix external API key")
     assert result_note(None, 137) == "claude-code: the CLI exited 137 without a result"
+    # An overloaded or rate-limited API is a retryable error; other failures are judged.
+    assert api_busy(final("success", True, 'API Error: 529 {"type":"overloaded_error"}'))
+    assert api_busy(final("success", True, "API Error: Rate limit reached"))
+    assert not api_busy(final("success", True, "Invalid API key · Fix external API key"))
+    assert not api_busy(final("error_max_turns", False, "rate limit")) and not api_busy(None)
 
 
 async def test_a_stream_line_longer_than_the_output_cap_is_parsed_whole(

@@ -249,11 +249,21 @@ def _gated_suite(root: Path) -> Path:
     return suite
 
 
+async def _subscribe_and_start(nursery: trio.Nursery, daemon: Daemon, suite: Path,
+                               task_ids: list[str]) -> tuple[Peer, str]:
+    """A subscribed peer on the Unix socket, and the id of the run of `task_ids` it started."""
+    peer = await unix_peer(nursery, daemon.status.socket)
+    await peer.result("subscribe")
+    run = await peer.result("startTBRun", {"suitePath": str(suite), "taskIds": task_ids})
+    return peer, run["runId"]
+
+
 def _release(client: docker.DockerClient, container_id: str) -> None:
     client.containers.get(container_id).exec_run(["touch", "/tmp/go"])
 
 
-STATE_KEYS = {"suite", "activeRun", "tasks", "recentOutput", "counts", "history", "version"}
+STATE_KEYS = {"suite", "activeRun", "tasks", "recentOutput", "counts", "history", "version",
+              "queue"}
 TASK_KEYS = {"taskId", "status", "phase", "currentTurn", "elapsedMs", "durationMs",
              "containerId", "image", "cpus", "memoryMb", "cpuPercent", "memoryBytes", "error"}
 COUNT_KEYS = {"passed", "failed", "timeout", "error", "done", "total"}
@@ -362,8 +372,8 @@ async def test_stop_task_then_stop_run_leave_no_container_and_compare(
     suite = _gated_suite(tmp_path)
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
-            peer = await unix_peer(nursery, daemon.status.socket)
-            await peer.result("subscribe")
+            # stopTask: the gated task is recorded stopped, the run goes on with the others.
+            peer, first = await _subscribe_and_start(nursery, daemon, suite, ["gated", "ok"])
 
             async def agent_running(run_id: str, task_id: str) -> None:
                 await peer.wait_for(lambda f: f.get("type") == "tb_task_progress"
@@ -374,9 +384,6 @@ async def test_stop_task_then_stop_run_leave_no_container_and_compare(
             def completed(run_id: str) -> Callable[[dict[str, Any]], bool]:
                 return lambda f: f.get("type") == "tb_run_complete" and f["runId"] == run_id
 
-            # stopTask: the gated task is recorded stopped, the run goes on with the others.
-            first = (await peer.result("startTBRun", {
-                "suitePath": str(suite), "taskIds": ["gated", "ok"]}))["runId"]
             await agent_running(first, "gated")
             unknown = await peer.request("stopTask", {"runId": first, "taskId": "nope"})
             assert unknown["error"]["code"] == -32003
@@ -551,3 +558,48 @@ async def test_a_dropped_client_hears_why_over_both_transports(daemon: Daemon):
                 assert events[-1] == ErrorEvent(message="disconnected: too slow (test)")
                 with pytest.raises(DaemonUnavailable):
                     await conn.call("version")
+
+
+async def test_a_queued_run_starts_when_the_active_one_ends(
+        daemon: Daemon, docker_client: docker.DockerClient, tmp_path: Path, home: Path):
+    suite = _gated_suite(tmp_path)
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            peer, first = await _subscribe_and_start(nursery, daemon, suite, ["gated"])
+            start = await peer.wait_for(lambda f: f.get("type") == "container_start")
+
+            # Without `queue` a second run is refused as before; with it, it waits.
+            refused = await peer.request("startTBRun", {"suitePath": str(suite)})
+            assert refused["error"]["code"] == -32001
+            queued = await peer.result("startTBRun", {"suitePath": str(suite), "queue": True,
+                                                      "taskIds": ["ok"], "attempts": 2})
+            dropped = await peer.result("startTBRun", {"suitePath": str(suite), "queue": True,
+                                                       "taskIds": ["bad"]})
+            assert queued["queued"] is True and queued["runId"] != first
+            bad_suite = await peer.request("startTBRun", {"suitePath": str(tmp_path / "nope"),
+                                                          "queue": True})
+            assert bad_suite["error"]["code"] == -32000  # refused now, not at its turn
+            listed = await peer.result("getQueue")
+            assert [r["runId"] for r in listed["runs"]] == [queued["runId"], dropped["runId"]]
+            state = await peer.result("getState")
+            assert [r["runId"] for r in state["queue"]] == [queued["runId"], dropped["runId"]]
+            assert await peer.result("cancelQueued", {"runId": dropped["runId"]}) == {
+                "cancelled": True}
+            assert await peer.result("cancelQueued", {"runId": dropped["runId"]}) == {
+                "cancelled": False}
+            await peer.wait_for(lambda f: f.get("type") == "run_queue" and
+                                [r["runId"] for r in f["runs"]] == [queued["runId"]])
+
+            await trio.to_thread.run_sync(_release, docker_client, start["containerId"])
+            done = await peer.wait_for(lambda f: f.get("type") == "tb_run_complete"
+                                       and f["runId"] == queued["runId"])
+            assert (done["status"], done["passed"], done["passAtK"]) == (
+                "completed", 2, {"1": 1.0, "2": 1.0})
+            attempts = [f["attempt"] for f in peer.events() if f.get("type") == "tb_task_start"
+                        and f["runId"] == queued["runId"]]
+            assert attempts == [1, 2]
+            assert (await peer.result("getQueue"))["runs"] == []
+            unknown = await peer.request("resumeTBRun", {"runId": "tb-nope"})
+            assert unknown["error"]["code"] == -32002
+            nursery.cancel_scope.cancel()
+    assert our_containers(docker_client, home) == []

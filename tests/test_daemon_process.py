@@ -315,3 +315,102 @@ def test_python_m_daemon_is_the_daemons_own_entry(daemon_home: Path):
     stopped = entry("stop")
     assert stopped.returncode == 0 and "stopped the daemon" in stopped.stderr
     assert not process.daemon_running()
+
+
+# -- resume and the queue across daemon lives ------------------------------------------------
+def _resumable_suite(root: Path) -> Path:
+    """`a-quick` succeeds at once; `b-short` prints `started` and takes a few seconds, long
+    enough to kill the daemon under it."""
+    suite = root / "suite"
+    make_task(suite, "a-quick", solve="echo quick\n", test="echo 1 > /logs/verifier/reward.txt\n")
+    make_task(suite, "b-short", solve="echo started\nsleep 4\n",
+              test="echo 1 > /logs/verifier/reward.txt\n")
+    return suite
+
+
+async def _kill_mid_run(home: Path, suite: Path, docker_client: docker.DockerClient) -> str:
+    """Start a daemon, run the suite until a-quick is done and b-short runs, SIGKILL it."""
+    first = start_daemon(home)
+    async with open_connection(autostart=False) as conn:
+        run_id = await _start_and_reach_long_agent(conn, suite)
+        os.kill(first.pid, signal.SIGKILL)
+        await wait_exited(first.pid)
+    assert our_containers(docker_client, home), "the killed daemon's container is left"
+    return run_id
+
+
+async def _until_completed(conn: Connection, run_id: str) -> dict[str, Any]:
+    """The run's report once it completed: already (in the history at subscribing), or
+    when its tb_run_complete comes (it may not have started yet)."""
+    state = (await conn.call("subscribe"))["state"]
+    done = {r["runId"] for r in state["history"] if r.get("status") == "completed"}
+    if run_id not in done:
+        await next_event(conn, lambda e: isinstance(e, TBRunComplete) and e.run_id == run_id)
+    return await conn.call("getRun", {"runId": run_id})
+
+
+def _agent_runs(home: Path, run_id: str, task_id: str, line: str) -> int:
+    """How many times the agent printed `line` in the task's log (appended by each run)."""
+    log = (home / "runs" / run_id / task_id / "agent.log").read_text().splitlines()
+    return log.count(line)
+
+
+async def test_sigkill_mid_run_then_tbhud_resume_finishes_it_under_the_same_id(
+        daemon_home: Path, docker_client: docker.DockerClient, tmp_path: Path):
+    home, suite = daemon_home, _resumable_suite(tmp_path)
+    with trio.fail_after(LIMIT):
+        run_id = await _kill_mid_run(home, suite, docker_client)
+        # `tbhud resume` starts the daemon (which marks the run interrupted), then resumes.
+        resumed = await cli(home, "resume", run_id, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["runId"] == run_id and report["status"] == "completed"
+    assert [(t["taskId"], t["outcome"]) for t in report["tasks"]] == [("a-quick", "success"),
+                                                                     ("b-short", "success")]
+    assert "kept from before the resume" in resumed.stderr  # a-quick, in the progress
+    assert _agent_runs(home, run_id, "a-quick", "quick") == 1  # finished: not run again
+    assert _agent_runs(home, run_id, "b-short", "started") == 2
+    again = await cli(home, "resume", run_id)  # nothing left to run: same summary, exit 0
+    assert again.returncode == 0 and _agent_runs(home, run_id, "b-short", "started") == 2
+    assert our_containers(docker_client, home) == []
+
+
+async def test_daemon_resume_interrupted_resumes_by_itself_on_start(
+        daemon_home: Path, docker_client: docker.DockerClient, tmp_path: Path):
+    home, suite = daemon_home, _resumable_suite(tmp_path)
+    with trio.fail_after(LIMIT):
+        run_id = await _kill_mid_run(home, suite, docker_client)
+        done = await cli(home, "daemon", "--resume-interrupted")
+        assert done.returncode == 0, done.stderr
+        async with open_connection(autostart=False) as conn:
+            report = await _until_completed(conn, run_id)
+    assert report["status"] == "completed"
+    assert [t["outcome"] for t in report["tasks"]] == ["success", "success"]
+    assert _agent_runs(home, run_id, "a-quick", "quick") == 1
+    assert our_containers(docker_client, home) == []
+
+
+async def test_a_queued_run_survives_a_daemon_restart_and_starts_then(
+        daemon_home: Path, docker_client: docker.DockerClient, tmp_path: Path):
+    home, suite = daemon_home, _suite(tmp_path)
+    start_daemon(home)
+    with trio.fail_after(LIMIT):
+        async with open_connection(autostart=False) as conn:
+            active = await _start_and_reach_long_agent(conn, suite)
+            queued = await cli(home, "start", str(suite), "--tasks", "a-quick", "--queue",
+                               "--json")
+            assert queued.returncode == 0, queued.stderr
+            queued_id = json.loads(queued.stdout)["runId"]
+            assert json.loads(queued.stdout)["queued"] is True
+            listed = json.loads((await cli(home, "queue", "--json")).stdout)
+            assert [(r["runId"], r["kind"]) for r in listed] == [(queued_id, "start")]
+        # A graceful stop stops the active run; the queue stays for the next life.
+        assert (await cli(home, "daemon", "stop")).returncode == 0
+        start_daemon(home)
+        async with open_connection(autostart=False) as conn:
+            report = await _until_completed(conn, queued_id)
+            assert (await conn.call("getQueue"))["runs"] == []
+            stopped = await conn.call("getRun", {"runId": active})
+    assert report["status"] == "completed" and report["taskIds"] == ["a-quick"]
+    assert stopped["status"] == "stopped"
+    assert our_containers(docker_client, home) == []

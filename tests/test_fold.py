@@ -112,3 +112,26 @@ def test_a_pull_shows_in_the_phase_until_the_next_report() -> None:
     assert a.phase_text() == "setup: pulling 45%"
     fold(board, progress("a", "agent", 900))
     assert (a.phase_text(), a.percent) == ("agent", None)
+
+
+def test_attempts_count_as_trials_a_retried_try_does_not_and_the_phase_names_the_attempt():
+    board = Board()
+    fold(board, {**run_start("a", "b"), "attempts": 2})
+    fold(board, {**task_start("a", 0, 2), "attempt": 1, "attempts": 2})
+    a = board.tasks["a"]
+    assert a.phase_text() == "setup, attempt 1/2"
+    fold(board, complete("a", "error", error="engine lost", attempt=1, attempts=2,
+                         retryable=True, willRetry=True))
+    assert (a.status, a.outcomes, a.error) == ("running", [], "engine lost")
+    fold(board, complete("a", "failure", attempt=1, attempts=2, tries=2))
+    fold(board, {**task_start("a", 0, 2), "attempt": 2, "attempts": 2})
+    fold(board, progress("a", "agent", 100))
+    assert a.phase_text() == "agent, attempt 2/2"
+    fold(board, complete("a", "success", attempt=2, attempts=2))
+    fold(board, {**task_start("b", 1, 2), "attempt": 1, "attempts": 2})
+    assert a.outcomes == ["failure", "success"] and a.status == "success"
+    counts = board.counts()
+    assert (counts.passed, counts.failed, counts.error, counts.done, counts.total) == (
+        1, 1, 0, 2, 4)
+    fold(board, {**run_complete(1, 1), "passAtK": {"1": 0.5, "2": 1.0}})
+    assert board.pass_at_k() == {"1": 0.5, "2": 1.0}

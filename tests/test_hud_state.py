@@ -305,3 +305,19 @@ def test_progress_widget_text() -> None:
     assert lines[4] == "▶ t3 (setup) | 00:00"
     assert lines[-1] == "  … and 2 more running"  # 7 running: 5 listed, then this
     assert len(lines) == 3 + 6
+
+
+def test_the_progress_widget_shows_the_attempt_pass_at_k_and_the_queue() -> None:
+    def text() -> str:
+        return "\n".join("".join(t for _s, t in line) for line in progress_lines(state, 40))
+
+    state = HudState()
+    feed(state, {**run_start("a"), "attempts": 3}, {**task_start("a", 0, 1), "attempt": 2,
+                                                     "attempts": 3},
+         {"type": "run_queue", "runs": [{"runId": "tb-next", "kind": "start",
+                                         "suitePath": "/s", "agent": "oracle",
+                                         "queuedAt": "2025-01-01T00:00:00Z"}]})
+    assert "(setup, attempt 2/3)" in text() and "+1 queued" in text()
+    feed(state, {**run_complete(1, 2), "passAtK": {"1": 0.33, "3": 1.0}},
+         {"type": "run_queue", "runs": []})
+    assert "p@3 100%" in text() and "queued" not in text()

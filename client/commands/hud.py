@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from client.commands.common import positive_int
+from client.commands.common import non_negative_int, positive_int
 from client.commands.runs import add_agent_options, add_pull_option, agent_options
 
 
@@ -15,7 +15,9 @@ def cmd_hud(args: argparse.Namespace) -> int:
     options = {key: value for key, value in (
         ("agent", args.agent), ("agentOptions", agent_options(args) or None),
         ("agentCommand", args.agent_command), ("model", args.model),
-        ("concurrency", args.concurrency), ("pull", args.pull)) if value is not None}
+        ("concurrency", args.concurrency), ("pull", args.pull),
+        ("attempts", args.attempts), ("retries", args.retries),
+        ("queue", True if args.queue else None)) if value is not None}
     return hud_main(args.path or "", url=args.url, token=args.token, run_options=options)
 
 
@@ -30,4 +32,10 @@ def register(sub: Any) -> None:
     add_agent_options(p)
     p.add_argument("--concurrency", type=positive_int, help="tasks run side by side")
     add_pull_option(p, default=None)
+    p.add_argument("-k", "--attempts", type=positive_int,
+                   help="runs started from the HUD run every task K times (pass@k)")
+    p.add_argument("--retries", type=non_negative_int,
+                   help="tries of a retryable infrastructure error (daemon default 1)")
+    p.add_argument("--queue", action="store_true",
+                   help="Ctrl+T while a run is active queues the new run behind it")
     p.set_defaults(func=cmd_hud)

@@ -18,6 +18,7 @@ from client.commands.common import (
     add_daemon_options,
     connect,
     daemon_path,
+    non_negative_int,
     positive_float,
     positive_int,
     print_json,
@@ -27,7 +28,13 @@ from client.connection import Connection, DaemonUnavailable, RpcError
 from client.render import Progress
 from protocol import RunReport, converter, structure
 from protocol.events import TBRunComplete
-from protocol.rpc import DEFAULT_CONCURRENCY, INVALID_PARAMS, LOAD_FAILED, PULL_POLICIES
+from protocol.rpc import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_RETRIES,
+    INVALID_PARAMS,
+    LOAD_FAILED,
+    PULL_POLICIES,
+)
 
 
 def agent_option(text: str) -> tuple[str, object]:
@@ -85,6 +92,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="scales every task's agent, verifier and build time limits")
     p.add_argument("--image", help="image for suite tasks that name none "
                    "(default: the project's base image)")
+    p.add_argument("-k", "--attempts", type=positive_int, default=1,
+                   help="run every task K times, each in a fresh container (pass@k)")
+    p.add_argument("--retries", type=non_negative_int, default=DEFAULT_RETRIES,
+                   help="tries again a task whose error is a passing infrastructure failure "
+                   f"(Docker, a pull, the model API overloaded), after a backoff (default "
+                   f"{DEFAULT_RETRIES})")
 
 
 def task_ids(args: argparse.Namespace) -> list[str] | None:
@@ -112,7 +125,7 @@ def run_via_daemon(args: argparse.Namespace) -> RunReport | None:
         try:
             async with connect(args, autostart=False) as conn:
                 connected = True
-                return await follow_run(conn, start_params(args), progress)
+                return await follow_run(conn, "startTBRun", start_params(args), progress)
         except DaemonUnavailable:
             if connected or args.url:  # a daemon named by --url must answer
                 raise
@@ -133,7 +146,7 @@ def start_params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {
         "suitePath": daemon_path(args, args.path), "agent": args.agent,
         "concurrency": args.concurrency, "timeoutMultiplier": args.timeout_multiplier,
-        "pull": args.pull}
+        "pull": args.pull, "attempts": args.attempts, "retries": args.retries}
     optional = {"taskIds": task_ids(args), "emitTo": args.emit_to or None,
                 "emitToken": args.emit_token, "agentOptions": agent_options(args) or None,
                 "agentCommand": args.agent_command, "model": args.model,
@@ -144,12 +157,14 @@ def start_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-async def follow_run(conn: Connection, params: dict[str, Any], progress: Progress) -> RunReport:
-    """Subscribe, start the run, hand its events to `on_event` until it completes, and
-    return its stored report. The first SIGINT stops the run (it is still recorded and
-    reported); a second one leaves at once (the daemon finishes stopping it)."""
+async def follow_run(conn: Connection, method: str, params: dict[str, Any],
+                     progress: Progress) -> RunReport:
+    """Subscribe, start the run (`method`: startTBRun or resumeTBRun), hand its events to
+    `progress` until it completes, and return its stored report. The first SIGINT stops the
+    run (it is still recorded and reported); a second one leaves at once (the daemon
+    finishes stopping it)."""
     await conn.call("subscribe")
-    run_id = (await conn.call("startTBRun", params))["runId"]
+    run_id = (await conn.call(method, params))["runId"]
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
@@ -183,27 +198,68 @@ def report_exit(report: RunReport, as_json: bool) -> int:
         from client.render import report_text
 
         print(report_text(report))
-    all_passed = report.passed == len(report.task_ids) and report.status == "completed"
+    trials = len(report.task_ids) * report.attempts
+    all_passed = report.passed == trials and report.status == "completed"
     return EXIT_OK if all_passed else EXIT_NOT_ALL_PASSED
 
 
 # -- start, stop -----------------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace) -> int:
     async def go(conn: Connection) -> int:
+        params = start_params(args)
+        if args.queue:
+            params["queue"] = True
         if args.wait:
-            progress = Progress(verbose=args.verbose)
-            try:
-                report = await follow_run(conn, start_params(args), progress)
-            finally:
-                progress.close()
-            return report_exit(report, args.json)
-        result = await conn.call("startTBRun", start_params(args))
+            return await wait_for_run(conn, "startTBRun", params, args)
+        result = await conn.call("startTBRun", params)
         if args.json:
             print_json(result)
         else:
-            print(result["runId"])
+            print(result["runId"] + (" (queued)" if result.get("queued") else ""))
         return EXIT_OK
     return talk(go, args)
+
+
+async def wait_for_run(conn: Connection, method: str, params: dict[str, Any],
+                       args: argparse.Namespace) -> int:
+    progress = Progress(verbose=args.verbose)
+    try:
+        report = await follow_run(conn, method, params, progress)
+    finally:
+        progress.close()
+    return report_exit(report, args.json)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """`tbhud resume RUN_ID`: through the daemon (started when none runs), like `run`."""
+    params: dict[str, Any] = {"runId": args.run_id}
+    if args.retry_errors:
+        params["retryErrors"] = True
+    return talk(lambda conn: wait_for_run(conn, "resumeTBRun", params, args), args)
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    async def go(conn: Connection) -> int:
+        if args.cancel:
+            result = await conn.call("cancelQueued", {"runId": args.cancel})
+            if args.json:
+                print_json(result)
+            else:
+                print(f"cancelled {args.cancel}" if result["cancelled"] else
+                      f"{args.cancel} is not queued", file=sys.stderr)
+            return EXIT_OK if result["cancelled"] else EXIT_NOT_ALL_PASSED
+        runs = (await conn.call("getQueue"))["runs"]
+        if args.json:
+            print_json(runs)
+        else:
+            from client.render import table
+
+            rows = [[r["runId"], r["kind"], r.get("agent") or "-", r.get("suitePath") or "-",
+                     r["queuedAt"][:19].replace("T", " ")] for r in runs]
+            print(table(["run", "kind", "agent", "suite", "queued"], rows)
+                  if rows else "nothing queued")
+        return EXIT_OK
+    return talk(go, args, autostart=False)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -231,10 +287,28 @@ def register(sub: Any) -> None:
     add_run_options(p)
     p.add_argument("--wait", action="store_true",
                    help="follow it to the end like `tbhud run` (same output, exit status)")
+    p.add_argument("--queue", action="store_true",
+                   help="while a run is active, wait behind it (see `tbhud queue`) "
+                   "instead of failing")
     p.add_argument("-v", "--verbose", action="store_true", help="--wait: also task output")
     p.add_argument("--json", action="store_true")
     add_daemon_options(p)
     p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("resume", help="continue an interrupted or stopped run under its id")
+    p.add_argument("run_id")
+    p.add_argument("--retry-errors", action="store_true",
+                   help="also run again the tasks whose result is `error`")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print task output")
+    add_daemon_options(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("queue", help="runs waiting behind the active one")
+    p.add_argument("--cancel", metavar="RUN_ID", help="take a run off the queue")
+    p.add_argument("--json", action="store_true")
+    add_daemon_options(p)
+    p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("stop", help="stop the active run (or RUN_ID)")
     p.add_argument("run_id", nargs="?")

@@ -275,7 +275,8 @@ class Hud:
 
         async def job() -> None:
             result = await self.call("startTBRun", params)
-            self.state.say(f"started run {result.get('runId', '?')}")
+            how = "queued" if result.get("queued") else "started"  # queue: true (issue 12)
+            self.state.say(f"{how} run {result.get('runId', '?')}")
 
         self.submit(job)
 

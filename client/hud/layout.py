@@ -232,10 +232,23 @@ def progress_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
     fraction = counts.done / counts.total if counts.total else 0.0
     bar_w = max(4, width - 8)
     lines.append([*bar(fraction, bar_w), ("", f" {fraction * 100:5.1f}%")])
-    lines.append([("class:success", f"✓ {counts.passed}"), ("", "  "),
-                  ("class:failure", f"✗ {counts.failed}"), ("", "  "),
-                  ("class:timeout", f"⏱ {counts.timeout}"), ("", "  "),
-                  ("class:error", f"! {counts.error}")])
+    count_line: StyleAndTextTuples = [
+        ("class:success", f"✓ {counts.passed}"), ("", "  "),
+        ("class:failure", f"✗ {counts.failed}"), ("", "  "),
+        ("class:timeout", f"⏱ {counts.timeout}"), ("", "  "),
+        ("class:error", f"! {counts.error}")]
+    # Issue 12: pass@K once a run of K > 1 attempts ended, and the runs queued behind it.
+    extra = ""
+    pass_at = state.board.pass_at_k()
+    attempts = (state.run.attempts if state.run is not None else None) or 1
+    if pass_at and attempts > 1:
+        extra += f"  p@{attempts} {pass_at.get(str(attempts), 0.0):.0%}"
+    if state.board.queue:
+        extra += f"  +{len(state.board.queue)} queued"
+    used = sum(len(text) for _style, text in count_line)
+    if extra and width > used:
+        count_line.append(("class:dim", fit(extra, width - used)))
+    lines.append(count_line)
     running = state.running()
     if len(running) > MAX_RUNNING_LINES:
         more = len(running) - MAX_RUNNING_LINES + 1

@@ -40,7 +40,12 @@ class Option:
 
 
 class AgentError(RuntimeError):
-    """The agent could not run at all; the task's outcome becomes `error` with this text."""
+    """The agent could not run at all; the task's outcome becomes `error` with this text.
+    `retryable`: a passing cause (the model API overloaded or rate-limited), tried again."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @attrs.frozen

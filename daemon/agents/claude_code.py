@@ -14,6 +14,8 @@ prints is redacted before anything else sees it.
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
 from daemon.agents.base import INSTRUCTION_DIR, Agent, AgentContext, AgentError, AgentResult, Option
@@ -75,6 +77,16 @@ def result_note(final: Final | None, exit_code: int | None) -> str | None:
     return None
 
 
+# How the API says it is busy (HTTP 429 / 529, "overloaded_error", "rate_limit_error").
+_API_BUSY = re.compile(r"overloaded|rate.?limit|\b(?:429|529)\b", re.IGNORECASE)
+
+
+def api_busy(final: Final | None) -> bool:
+    """The session failed because the model API was overloaded or rate-limited: a passing
+    cause, so the task is tried again (`--retries`) rather than judged."""
+    return final is not None and final.is_error and bool(_API_BUSY.search(final.result_text))
+
+
 @attrs.frozen
 class ClaudeCodeAgent(Agent):
     name = "claude-code"
@@ -121,6 +133,9 @@ class ClaudeCodeAgent(Agent):
             user=user, environment={**env, **SANDBOX_ENV}, on_line=session.on_line,
             max_line=STREAM_LINE_MAX)
         note = result_note(parser.final, done.exit_code)
+        if api_busy(parser.final):
+            raise AgentError(redact(note or "claude-code: the model API is busy", secrets),
+                             retryable=True)
         return session.result(note=redact(note, secrets) if note else None)
 
 

@@ -8,6 +8,11 @@ One task, one sandbox (a container): setup (image, sandbox, files) -> agent -> v
 Ctrl-C and cancellation. Stopping a run (`stop_run`) or a task (`stop_task`) records the
 stopped tasks as `error` ("stopped") and the run as `stopped`; cancelling `run()` from
 outside does the same before the cancellation goes on.
+
+A trial is one attempt at a task (`attempts` K: pass@k); a task's attempts run one after
+another in its slot. A trial whose error is retryable (a SandboxError or AgentError marked so)
+is tried again after a doubling backoff, `retries` times; every try is stored. `resume=True`
+continues a stored run under its id: trials with a final result are kept, the rest run.
 """
 
 from __future__ import annotations
@@ -23,13 +28,16 @@ import attrs
 import trio
 
 from daemon.agents import make_agent
-from daemon.engine.task import TaskRun, _ms
+from daemon.engine.task import TaskRun, _ms, complete_event
 from daemon.sandbox import SandboxProvider
 from daemon.store import Store, now_iso
 from daemon.tasks.model import Suite, TaskSpec
 from protocol import Event, RunReport
 from protocol.events import TBRunComplete, TBRunStart
-from protocol.rpc import DEFAULT_CONCURRENCY, PULL_POLICIES, PullPolicy
+from protocol.results import TaskResult
+from protocol.rpc import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, PULL_POLICIES, PullPolicy
+
+RETRY_BACKOFF_SEC = 5.0  # before the first retry; doubled before each further one
 
 
 @attrs.frozen
@@ -44,7 +52,13 @@ class RunConfig:
     agent_timeout_sec: float | None = None
     pull: PullPolicy = "missing"
     # Live container CPU/memory for HUDs; `tbhud run` alone has nobody to show them to.
-    container_stats: bool = True
+    container_stats: bool = attrs.field(default=True, metadata={"stored": False})
+    attempts: int = 1  # each task runs this many times, each in a fresh sandbox (pass@k)
+    # Further tries of a trial whose error is retryable, after retry_backoff_sec x 2^n.
+    retries: int = DEFAULT_RETRIES
+    retry_backoff_sec: float = RETRY_BACKOFF_SEC
+    # The image for suite tasks that name none: kept so that a resume loads the suite alike.
+    image: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.concurrency < 1:
@@ -53,6 +67,17 @@ class RunConfig:
             raise ValueError("timeout multiplier must be a positive number")
         if self.pull not in PULL_POLICIES:
             raise ValueError(f"pull must be one of {', '.join(PULL_POLICIES)}, got {self.pull!r}")
+        if self.attempts < 1 or self.retries < 0:
+            raise ValueError("attempts must be at least 1 and retries at least 0")
+
+    def stored(self) -> dict[str, Any]:
+        """What a resume needs to run the rest the same way (JSON)."""
+        return attrs.asdict(self, filter=lambda a, _v: a.metadata.get("stored", True))
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> RunConfig:
+        known = {a.name for a in attrs.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def new_run_id() -> str:
@@ -63,7 +88,12 @@ def new_run_id() -> str:
 class _Run:
     run_id: str
     stopping: bool = False
+    # The scope of each task's current try (or backoff); a stopped task runs no more tries.
     task_scopes: dict[str, trio.CancelScope] = attrs.Factory(dict)
+    stopped_tasks: set[str] = attrs.Factory(set)
+    # What a resume keeps, by (task, attempt), and the last try recorded of each.
+    kept: dict[tuple[str, int], TaskResult] = attrs.Factory(dict)
+    last_tries: dict[tuple[str, int], int] = attrs.Factory(dict)
 
 
 class Engine:
@@ -88,28 +118,46 @@ class Engine:
     def stop_task(self, run_id: str, task_id: str) -> bool:
         run = self.runs.get(run_id)
         scope = run.task_scopes.get(task_id) if run else None
-        if scope is None:
+        if run is None or scope is None:
             return False
+        run.stopped_tasks.add(task_id)  # its later attempts and tries do not start
         scope.cancel()
         return True
 
     # -- a run -----------------------------------------------------------------------------
 
     async def run(self, suite: Suite, tasks: list[TaskSpec], config: RunConfig, *,
-                  run_id: str | None = None,
+                  run_id: str | None = None, resume: bool = False, retry_errors: bool = False,
                   task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> RunReport:
+        """Run `tasks`, each `config.attempts` times. With `resume`, `run_id` is a stored run
+        to continue: trials with a final result keep it (and are not run again); those
+        without one, or stopped, run (and with `retry_errors`, those whose result is an
+        error); `config` should be the run's own (`RunConfig.from_stored`)."""
         agent = make_agent(config.agent, config.agent_options)
         run = _Run(run_id or new_run_id())
         task_ids = [t.id for t in tasks]
-        timestamp = now_iso()
-        self.store.begin_run(run.run_id, suite_name=suite.name, suite_version=suite.version,
-                             suite_path=suite.path, agent=config.agent, task_ids=task_ids,
-                             timestamp=timestamp)
+        if resume:
+            previous = self.store.get_run(run.run_id)
+            if previous is None:
+                raise ValueError(f"no run {run.run_id!r} to resume")
+            timestamp = previous.timestamp
+            run.kept = self.store.kept_results(run.run_id, retry_errors=retry_errors)
+            run.last_tries = self.store.last_tries(run.run_id)
+            self.store.reopen_run(run.run_id)
+        else:
+            timestamp = now_iso()
+            self.store.begin_run(run.run_id, suite_name=suite.name,
+                                 suite_version=suite.version, suite_path=suite.path,
+                                 agent=config.agent, task_ids=task_ids, timestamp=timestamp,
+                                 attempts=config.attempts, config=config.stored())
         self.runs[run.run_id] = run
         self.emit(TBRunStart(run_id=run.run_id, suite_name=suite.name,
                              suite_version=suite.version, total_tasks=len(tasks),
                              task_ids=task_ids, timestamp=timestamp, agent=config.agent,
-                             concurrency=config.concurrency))
+                             concurrency=config.concurrency, attempts=config.attempts,
+                             resumed=resume or None))
+        for result in run.kept.values():  # clients show what the resume keeps
+            self.emit(complete_event(run.run_id, result, config.attempts, kept=True))
         task_status.started(run.run_id)
         started = time.monotonic()
         # Slots are taken in suite order before each task is spawned, so tasks start in the
@@ -119,14 +167,18 @@ class Engine:
         try:
             async with trio.open_nursery() as nursery:
                 for index, task in enumerate(tasks):
+                    attempts = [a for a in range(1, config.attempts + 1)
+                                if (task.id, a) not in run.kept]
+                    if not attempts:
+                        continue  # every trial kept from before the resume
                     await slots.acquire()
                     if run.stopping:
                         slots.release()
                         break  # the rest never start: no result, shown as not run
                     # Registered before the task runs, so a stop in between reaches it too.
-                    scope = run.task_scopes[task.id] = trio.CancelScope()
+                    run.task_scopes[task.id] = trio.CancelScope()
                     nursery.start_soon(self._task_slot, run, agent, task, index, len(tasks),
-                                       config, scope, slots)
+                                       config, attempts, slots)
             finished = True
         finally:
             # Also on cancellation from outside (Ctrl-C, daemon shutdown): the run is stored
@@ -137,15 +189,32 @@ class Engine:
             self.emit(TBRunComplete(
                 run_id=run.run_id, pass_rate=report.pass_rate, passed=report.passed,
                 failed=report.failed, timeout=report.timeout, error=report.error,
-                total_duration_ms=report.total_duration_ms, status=status))
+                total_duration_ms=report.total_duration_ms, status=status,
+                pass_at_k=report.pass_at_k, mean_reward=report.mean_reward))
             del self.runs[run.run_id]
         return report
 
     async def _task_slot(self, run: _Run, agent: Any, task: TaskSpec, index: int, total: int,
-                         config: RunConfig, scope: trio.CancelScope,
+                         config: RunConfig, attempts: list[int],
                          slots: trio.Semaphore) -> None:
+        """The task's attempts one after another (the HUD shows one task at a time), each
+        tried again after a backoff while its error is retryable and tries are left."""
         try:
-            await TaskRun(self, run.run_id, agent, task, index, total, config, scope).run()
+            for attempt in attempts:
+                first = run.last_tries.get((task.id, attempt), 0) + 1
+                for tries in range(first, first + config.retries + 1):
+                    if run.stopping or task.id in run.stopped_tasks:
+                        return
+                    scope = run.task_scopes[task.id] = trio.CancelScope()
+                    can_retry = tries < first + config.retries
+                    result = await TaskRun(self, run.run_id, agent, task, index, total,
+                                           config, scope, attempt=attempt, tries=tries,
+                                           can_retry=can_retry).run()
+                    if not (result.retryable and can_retry):
+                        break
+                    scope = run.task_scopes[task.id] = trio.CancelScope()
+                    with scope:  # a stop during the backoff ends the task there
+                        await trio.sleep(config.retry_backoff_sec * 2 ** (tries - first))
         finally:
-            del run.task_scopes[task.id]
+            run.task_scopes.pop(task.id, None)
             slots.release()

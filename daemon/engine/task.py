@@ -40,16 +40,32 @@ def _ms(seconds: float) -> int:
     return int(seconds * 1000)
 
 
+def complete_event(run_id: str, result: TaskResult, attempts: int,
+                   **extra: Any) -> TBTaskComplete:
+    """The tb_task_complete that reports `result` (a trial of a task run `attempts` times)."""
+    return TBTaskComplete(
+        run_id=run_id, task_id=result.task_id, outcome=result.outcome,
+        duration_ms=result.duration_ms, turns=result.turns or 0, tokens=result.tokens or 0,
+        tests_passed=result.tests_passed, tests_total=result.tests_total,
+        reward=result.reward, cost_usd=result.cost_usd, error=result.error,
+        attempt=result.attempt, attempts=attempts, tries=result.tries,
+        retryable=result.retryable or None, **extra)
+
+
 class TaskRun:
     """One task from setup to teardown. Holds what its phases share."""
 
     def __init__(self, engine: Engine, run_id: str, agent: Any, task: TaskSpec, index: int,
-                 total: int, config: RunConfig, scope: trio.CancelScope) -> None:
+                 total: int, config: RunConfig, scope: trio.CancelScope, *, attempt: int = 1,
+                 tries: int = 1, can_retry: bool = False) -> None:
         self.engine, self.run_id, self.agent, self.task = engine, run_id, agent, task
         self.index, self.total, self.config, self.scope = index, total, config, scope
+        # Attempt N of config.attempts, its try number, whether a retryable error gets
+        # another try (then this try's result is not the attempt's last word).
+        self.attempt, self.tries, self.can_retry = attempt, tries, can_retry
         self.emit = engine.emit
         self.sandboxes = engine.sandboxes
-        self.dir = engine.store.task_dir(run_id, task.id)
+        self.dir = engine.store.task_dir(run_id, task.id, attempt)
         self.started = time.monotonic()
         self.phase: Phase = "setup"
         self.turn: int | None = None
@@ -94,11 +110,17 @@ class TaskRun:
 
     # -- the task --------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self) -> TaskResult:
+        """The task's result, recorded and reported; never raises for the task's own
+        failures (they are its result)."""
         task = self.task
         self.emit(TBTaskStart(run_id=self.run_id, task_id=task.id, task_name=task.name,
                               category=task.category, difficulty=task.difficulty,  # type: ignore[arg-type]
-                              task_index=self.index, total_tasks=self.total))
+                              task_index=self.index, total_tasks=self.total,
+                              attempt=self.attempt, attempts=self.config.attempts,
+                              tries=self.tries))
+        if self.config.attempts > 1 or self.tries > 1:
+            self.system(f"attempt {self.attempt}/{self.config.attempts}, try {self.tries}")
         self.progress("setup")
         result: TaskResult | None = None
         try:
@@ -107,7 +129,9 @@ class TaskRun:
             if result is None:  # the scope was cancelled: stopped by a user
                 result = self._result("error", error="stopped")
         except* (SandboxError, AgentError) as group:
-            result = self._result("error", error=str(group.exceptions[0]))
+            failure = group.exceptions[0]
+            result = self._result("error", error=str(failure),
+                                  retryable=getattr(failure, "retryable", False))
         except* Exception as group:  # a crashed step fails its task, never the run
             log.error("task %s of run %s crashed", task.id, self.run_id, exc_info=group)
             result = self._result("error", error=f"internal error: {group.exceptions[0]!r}")
@@ -120,6 +144,7 @@ class TaskRun:
                 self._finish(result)
                 for file in self.logs.values():
                     file.close()
+        return result
 
     async def _phases(self) -> TaskResult:
         task, mult = self.task, self.config.timeout_multiplier
@@ -230,7 +255,7 @@ class TaskRun:
 
     def _result(self, outcome: str, *, error: str | None = None, reward: float | None = None,
                 tests_passed: int | None = None, tests_total: int | None = None,
-                agent: AgentResult | None = None) -> TaskResult:
+                agent: AgentResult | None = None, retryable: bool = False) -> TaskResult:
         agent = agent or AgentResult()
         if outcome != "success" and agent.note:
             # What the agent said went wrong (e.g. "claude-code: error_max_turns") stays
@@ -239,7 +264,8 @@ class TaskRun:
         return TaskResult(task_id=self.task.id, outcome=outcome,  # type: ignore[arg-type]
                           duration_ms=self.elapsed_ms(), tests_passed=tests_passed,
                           tests_total=tests_total, reward=reward, turns=agent.turns,
-                          tokens=agent.tokens, cost_usd=agent.cost_usd, error=error)
+                          tokens=agent.tokens, cost_usd=agent.cost_usd, error=error,
+                          attempt=self.attempt, tries=self.tries, retryable=retryable)
 
     async def _teardown(self, *, kill_first: bool) -> None:
         """Remove the sandbox (killing what runs in it first when asked). Runs shielded,
@@ -266,13 +292,11 @@ class TaskRun:
                       TEARDOWN_GRACE_SEC)
 
     def _finish(self, result: TaskResult) -> None:
+        will_retry = result.retryable and self.can_retry
         if result.error:
-            self.system(f"{result.outcome}: {result.error}")
+            again = "; retrying after a backoff" if will_retry else ""
+            self.system(f"{result.outcome}: {result.error}{again}")
         self.engine.store.record_task(self.run_id, result)
         tail = "\n".join(self.verifier_lines)[-VERIFICATION_TAIL:] or None
-        self.emit(TBTaskComplete(
-            run_id=self.run_id, task_id=self.task.id, outcome=result.outcome,
-            duration_ms=result.duration_ms, turns=result.turns or 0,
-            tokens=result.tokens or 0, verification_output=tail,
-            tests_passed=result.tests_passed, tests_total=result.tests_total,
-            reward=result.reward, cost_usd=result.cost_usd, error=result.error))
+        self.emit(complete_event(self.run_id, result, self.config.attempts,
+                                 verification_output=tail, will_retry=will_retry or None))

@@ -35,7 +35,15 @@ Progress = Callable[[float], None]
 
 class SandboxError(RuntimeError):
     """An infrastructure failure (engine unreachable, image missing, copy failed); the task's
-    outcome becomes `error` with this text."""
+    outcome becomes `error` with this text. `retryable`: a passing failure (the engine lost,
+    a pull that failed) that the engine tries again (`--retries`); a broken task is not."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
 
 
 class BuildTimeout(SandboxError):

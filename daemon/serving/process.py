@@ -182,6 +182,7 @@ class Options:
     # HUD servers every message is pushed to (--emit-to), with --emit-token if given.
     emit_to: tuple[str, ...] = ()
     emit_token: str | None = None
+    resume_interrupted: bool = False  # resume the runs a previous life left unfinished
 
     def address(self) -> tuple[str, int] | None:
         """(host, port) to serve WebSocket on, or None. Refuses a non-loopback address
@@ -237,7 +238,7 @@ async def run_daemon(options: Options, *,
                 service = Service(store, Hub(), nursery)
                 for url in options.emit_to:
                     await service.emitters.add(Emitter(url, options.emit_token))
-                await service.recover()
+                await service.recover(resume_interrupted=options.resume_interrupted)
                 sock = str(socket_path())
                 await nursery.start(serve_unix, sock, service)
                 url = await _listen_ws(nursery, address, options, service)
@@ -339,6 +340,8 @@ def start_background(options: Options) -> tuple[Status, bool]:
         cmd.append("--allow-remote")
     for url in options.emit_to:
         cmd += ["--emit-to", url]
+    if options.resume_interrupted:
+        cmd.append("--resume-interrupted")
     env = dict(os.environ)
     if options.emit_token:  # in the environment, not on the command line `ps` shows
         env[EMIT_TOKEN_ENV] = options.emit_token

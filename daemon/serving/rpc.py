@@ -26,7 +26,9 @@ from protocol.rpc import (
     PARAMS,
     PARSE_ERROR,
     AgentsResult,
+    CancelledResult,
     HistoryResult,
+    QueueResult,
     RpcError,
     StartRunResult,
     StoppedResult,
@@ -115,7 +117,11 @@ async def _load(service: Service, _: Outbox, p: Any) -> Any:
 
 
 async def _start(service: Service, _: Outbox, p: Any) -> StartRunResult:
-    return StartRunResult(run_id=await service.start_run(p))
+    return await service.start_run(p)
+
+
+async def _resume(service: Service, _: Outbox, p: Any) -> StartRunResult:
+    return await service.resume_run(p)
 
 
 def _sync(fn: Callable[[Service, Any], Any]) -> Callable[[Service, Outbox, Any],
@@ -142,5 +148,8 @@ METHODS: dict[str, Callable[[Service, Outbox, Any], Awaitable[Any]]] = {
     "compareRuns": _sync(lambda s, p: s.compare(p.run_id, p.baseline_id)),
     "version": _sync(lambda s, p: VersionResult(version=s.version)),
     "getAgents": _sync(lambda s, p: AgentsResult(agents=catalogue())),
+    "resumeTBRun": _resume,
+    "getQueue": _sync(lambda s, p: QueueResult(runs=s.store.queue())),
+    "cancelQueued": _sync(lambda s, p: CancelledResult(cancelled=s.cancel_queued(p.run_id))),
 }
 assert METHODS.keys() == PARAMS.keys()

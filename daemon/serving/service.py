@@ -5,27 +5,30 @@ turns requests into calls here.
 Data flow: engine.emit -> Service.on_event (updates the snapshot) -> Hub.publish.
 
 One run at a time: a second startTBRun while a run is active (from its start until it is
-stored and `tb_run_history` is pushed) fails with RUN_ACTIVE naming the active run. Runs
-share the machine's Docker engine and CPU; two runs side by side would skew each other's
-timings, and `concurrency` already runs a suite's tasks in parallel.
+stored and `tb_run_history` is pushed) fails with RUN_ACTIVE naming the active run, unless it
+asks to be queued (`queue: true`): queued runs (and resumes) are kept in the store, start one
+by one as the active run ends, and survive a restart. Runs share the machine's Docker engine
+and CPU; two runs side by side would skew each other's timings, and `concurrency` already
+runs a suite's tasks in parallel.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import shutil
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 
 import trio
 
 from daemon.agents import OptionError, resolve_options
-from daemon.engine.run import Engine, RunConfig, new_run_id
+from daemon.engine.run import RETRY_BACKOFF_SEC, Engine, RunConfig, new_run_id
 from daemon.sandbox import SandboxError, SandboxProvider, open_local
 from daemon.serving.emitter import Emitter, Emitters
 from daemon.serving.hub import Hub
@@ -33,10 +36,11 @@ from daemon.serving.runners import Runners
 from daemon.store import Store
 from daemon.tasks.loader import load
 from daemon.tasks.model import LoadError, Suite, TaskSpec
-from protocol import Event, RunReport, fold
+from protocol import Event, ProtocolError, RunReport, converter, fold, structure
 from protocol.events import (
     ErrorEvent,
     OutputSource,
+    RunQueue,
     SuiteTask,
     TBRunHistory,
     TBRunStart,
@@ -44,6 +48,7 @@ from protocol.events import (
 )
 from protocol.rpc import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_RETRIES,
     INVALID_PARAMS,
     LOAD_FAILED,
     OUTPUT_TAIL,
@@ -53,8 +58,10 @@ from protocol.rpc import (
     UNKNOWN_TASK,
     Comparison,
     OutputLine,
+    ResumeRunParams,
     RpcError,
     StartRunParams,
+    StartRunResult,
     StateSnapshot,
     TaskOutputResult,
     TaskState,
@@ -89,7 +96,10 @@ def _task_state(task: fold.Task, now: float) -> TaskState:
         duration_ms=task.duration_ms, container_id=box and box.container_id,
         image=box and box.image, cpus=box and box.cpus, memory_mb=box and box.memory_mb,
         cpu_percent=box and box.cpu_percent, memory_bytes=box and box.memory_bytes,
-        error=task.error, detail=task.detail, percent=task.percent)
+        error=task.error, detail=task.detail, percent=task.percent,
+        # Only for K > 1 attempts: with one, the status says it all.
+        **({"attempt": task.attempt, "attempts": task.attempts,
+            "outcomes": list(task.outcomes)} if (task.attempts or 1) > 1 else {}))
 
 
 class Service:
@@ -109,6 +119,8 @@ class Service:
         self.board = fold.Board(output_lines=OUTPUT_TAIL)
         self.runners = Runners()  # runs that runners push (daemon/serving/runners.py)
         self.emitters = Emitters(nursery)  # HUD servers we push to (--emit-to, emitTo)
+        self.shutting_down = False
+        self.retry_backoff_sec = RETRY_BACKOFF_SEC  # tests make it short
 
     @property
     def suite(self) -> TBSuiteInfo | None:
@@ -126,9 +138,11 @@ class Service:
 
     # -- startup ---------------------------------------------------------------------------
 
-    async def recover(self) -> list[str]:
+    async def recover(self, *, resume_interrupted: bool = False) -> list[str]:
         """After a crash: remove containers a dead daemon left, mark its runs interrupted.
-        Finished task results of those runs stay as they were stored."""
+        Finished task results of those runs stay as they were stored. With
+        `resume_interrupted` they are resumed (queued first, oldest first); then the queue
+        left by the previous life starts."""
         try:
             await self._engine()  # connecting removes the orphans
         except SandboxError as exc:
@@ -138,6 +152,12 @@ class Service:
             log.info("marked interrupted: %s", ", ".join(interrupted))
         await self._reload_last_suite()
         await self._show_last_run()
+        if resume_interrupted:
+            for run_id in reversed(interrupted):
+                self._enqueue("resume", {"runId": run_id}, front=True,
+                              suite_path=None, agent=None)
+        self.board.queue = self.store.queue()
+        self.nursery.start_soon(self.start_next)
         return interrupted
 
     async def _show_last_run(self) -> None:
@@ -196,7 +216,7 @@ class Service:
             tasks=[_task_state(task, now) for task in tasks],
             recent_output={task.id: _lines(task.output) for task in tasks if task.output},
             counts=self.board.counts(), history=self.store.list_runs(HISTORY_LIMIT),
-            version=self.version)
+            version=self.version, queue=self.store.queue())
 
     # -- suites and runs -------------------------------------------------------------------
 
@@ -213,24 +233,19 @@ class Service:
         (self.store.home / LAST_SUITE).write_text(json.dumps({"path": path, "image": image}))
         return suite
 
-    async def start_run(self, p: StartRunParams) -> str:
+    async def start_run(self, p: StartRunParams, *, run_id: str | None = None) -> StartRunResult:
+        """Start a run now, or (`queue`) behind the active one. `run_id`: a queued run's."""
         if self.current is not None:
-            raise RpcError(RUN_ACTIVE, f"run {self.current} is active; stop it (stopTBRun) "
-                           "or wait for it to end", {"runId": self.current})
-        run_id = self.current = new_run_id()  # reserved while we load and check
-        self.idle = trio.Event()
-        try:
-            agent = p.agent or "oracle"
-            try:  # bad options are refused here, before anything starts
-                options = resolve_options(agent, p.agent_options or {},
-                                          agent_command=p.agent_command, testgen=p.testgen,
-                                          model=p.model, max_turns=p.max_turns)
-            except OptionError as exc:
-                raise RpcError(INVALID_PARAMS, f"{exc} @ $.{exc.field}") from exc
-            config = RunConfig(agent=agent, agent_options=options,
-                               concurrency=p.concurrency or DEFAULT_CONCURRENCY,
-                               timeout_multiplier=p.timeout_multiplier or 1.0,
-                               agent_timeout_sec=p.timeout, pull=p.pull or "missing")
+            if not p.queue:
+                raise RpcError(RUN_ACTIVE, f"run {self.current} is active; stop it (stopTBRun),"
+                               " wait for it to end, or queue this one (queue: true)",
+                               {"runId": self.current})
+            self._config(p)  # bad options are refused now, not when its turn comes
+            await self._check_suite(p.suite_path, p.image)
+            return self._enqueue("start", converter.unstructure(p), suite_path=p.suite_path,
+                                 agent=p.agent or "oracle")
+        async with self._reserve(run_id) as run_id:
+            config = self._config(p)
             output_dir = None
             if p.output_dir:
                 output_dir = Path(p.output_dir)
@@ -239,29 +254,127 @@ class Service:
                 except OSError as exc:
                     raise RpcError(RUN_FAILED, f"outputDir: cannot create it: {exc}") from exc
             suite = await self.load_suite(p.suite_path, p.image)
-            try:
-                tasks = suite.select(p.task_ids)
-            except LoadError as exc:
-                raise RpcError(LOAD_FAILED, str(exc)) from exc
-            try:
-                engine = await self._engine()
-            except SandboxError as exc:
-                raise RpcError(RUN_FAILED, str(exc)) from exc
+            tasks = _select(suite, p.task_ids)
+            engine = await self._ready_engine()
             for url in p.emit_to or ():
                 await self.emitters.add(Emitter(url, p.emit_token), run_id=run_id)
             await self.nursery.start(self._run, engine, suite, tasks, config, run_id,
-                                     output_dir)
+                                     output_dir, False, False)
+        return StartRunResult(run_id=run_id)
+
+    async def resume_run(self, p: ResumeRunParams) -> StartRunResult:
+        """Continue a stored run that is not running, under its own id (queued when asked)."""
+        report = self.require_run(p.run_id)
+        if p.run_id == self.current or (report.status == "running" and self.engine is not None
+                                        and p.run_id in self.engine.runs):
+            raise RpcError(RUN_ACTIVE, f"run {p.run_id} is running", {"runId": p.run_id})
+        if self.current is not None:
+            if not p.queue:
+                raise RpcError(RUN_ACTIVE, f"run {self.current} is active; stop it (stopTBRun),"
+                               " wait for it to end, or queue the resume (queue: true)",
+                               {"runId": self.current})
+            return self._enqueue("resume", converter.unstructure(p),
+                                 suite_path=report.suite_path, agent=report.agent)
+        async with self._reserve(p.run_id) as run_id:
+            stored = self.store.run_config(run_id)
+            try:
+                config = RunConfig.from_stored(stored) if stored else RunConfig(
+                    agent=report.agent)
+            except (TypeError, ValueError) as exc:
+                raise RpcError(RUN_FAILED, f"run {run_id}: its stored settings do not "
+                               f"load: {exc}") from exc
+            suite = await self.load_suite(report.suite_path, config.image)
+            tasks = _select(suite, report.task_ids)
+            await self.nursery.start(self._run, await self._ready_engine(), suite, tasks,
+                                     config, run_id, None, True, bool(p.retry_errors))
+        return StartRunResult(run_id=run_id)
+
+    @contextlib.asynccontextmanager
+    async def _reserve(self, run_id: str | None) -> AsyncIterator[str]:
+        """The run id, current while the run is loaded, checked and started; released
+        again if it does not start."""
+        run_id = self.current = run_id or new_run_id()
+        self.idle = trio.Event()
+        try:
+            yield run_id
         except BaseException:
             self.current = None
             self.idle.set()
             raise
-        return run_id
+
+    def _config(self, p: StartRunParams) -> RunConfig:
+        agent = p.agent or "oracle"
+        try:  # bad options are refused here, before anything starts
+            options = resolve_options(agent, p.agent_options or {},
+                                      agent_command=p.agent_command, testgen=p.testgen,
+                                      model=p.model, max_turns=p.max_turns)
+        except OptionError as exc:
+            raise RpcError(INVALID_PARAMS, f"{exc} @ $.{exc.field}") from exc
+        return RunConfig(agent=agent, agent_options=options,
+                         concurrency=p.concurrency or DEFAULT_CONCURRENCY,
+                         timeout_multiplier=p.timeout_multiplier or 1.0,
+                         agent_timeout_sec=p.timeout, pull=p.pull or "missing",
+                         attempts=p.attempts or 1,
+                         retries=DEFAULT_RETRIES if p.retries is None else p.retries,
+                         retry_backoff_sec=self.retry_backoff_sec, image=p.image)
+
+    async def _check_suite(self, path: str, image: str | None) -> None:
+        """That the suite loads (a queued run is refused now rather than failing later)."""
+        try:
+            await trio.to_thread.run_sync(functools.partial(load, path, default_image=image))
+        except LoadError as exc:
+            raise RpcError(LOAD_FAILED, str(exc)) from exc
+        except OSError as exc:
+            raise RpcError(LOAD_FAILED, f"{path}: {exc.strerror or exc}") from exc
+
+    async def _ready_engine(self) -> Engine:
+        try:
+            return await self._engine()
+        except SandboxError as exc:
+            raise RpcError(RUN_FAILED, str(exc)) from exc
+
+    # -- the queue -------------------------------------------------------------------------
+
+    def _enqueue(self, kind: str, params: dict[str, object], *, suite_path: str | None,
+                 agent: str | None, front: bool = False) -> StartRunResult:
+        run_id = params.get("runId") if kind == "resume" else new_run_id()
+        assert isinstance(run_id, str)
+        self.store.enqueue(run_id, kind, params, suite_path=suite_path, agent=agent,
+                           front=front)
+        self.on_event(RunQueue(runs=self.store.queue()))
+        return StartRunResult(run_id=run_id, queued=True)
+
+    def cancel_queued(self, run_id: str) -> bool:
+        cancelled = self.store.dequeue(run_id)
+        if cancelled:
+            self.on_event(RunQueue(runs=self.store.queue()))
+        return cancelled
+
+    async def start_next(self) -> None:
+        """Start the first queued run, if no run is active; one that cannot start is
+        dropped with an error event, and the next one is tried."""
+        while self.current is None and (queue := self.store.queue()):
+            entry = queue[0]
+            raw = self.store.queued_params(entry.run_id)
+            self.store.dequeue(entry.run_id)
+            self.on_event(RunQueue(runs=self.store.queue()))
+            try:
+                if entry.kind == "resume":
+                    await self.resume_run(structure(raw, ResumeRunParams))
+                else:
+                    await self.start_run(structure(raw, StartRunParams), run_id=entry.run_id)
+                return
+            except (RpcError, ProtocolError) as exc:
+                log.warning("queued run %s did not start: %s", entry.run_id, exc)
+                self.on_event(ErrorEvent(message=f"queued run {entry.run_id} did not "
+                                         f"start: {exc}", run_id=entry.run_id))
 
     async def _run(self, engine: Engine, suite: Suite, tasks: list[TaskSpec],
-                   config: RunConfig, run_id: str, output_dir: Path | None,
-                   task_status: trio.TaskStatus[None]) -> None:
+                   config: RunConfig, run_id: str, output_dir: Path | None, resume: bool,
+                   retry_errors: bool, task_status: trio.TaskStatus[None]) -> None:
         try:
-            await engine.run(suite, tasks, config, run_id=run_id, task_status=task_status)
+            await engine.run(suite, tasks, config, run_id=run_id, resume=resume,
+                             retry_errors=retry_errors, task_status=task_status)
             if output_dir is not None:
                 await trio.to_thread.run_sync(functools.partial(
                     shutil.copytree, self.store.run_dir(run_id), output_dir / run_id,
@@ -275,6 +388,8 @@ class Service:
             self.current = None
             self.hub.publish(self.history_event())
             self.idle.set()
+            if not self.shutting_down:  # the next queued run, if any
+                self.nursery.start_soon(self.start_next)
 
     def stop_run(self, run_id: str | None) -> bool:
         if run_id is not None and run_id != self.current:
@@ -295,7 +410,9 @@ class Service:
         return self.engine.stop_task(run_id, task_id)
 
     async def shutdown(self) -> None:
-        """Stop the active run and wait until it is recorded (the engine bounds teardown)."""
+        """Stop the active run and wait until it is recorded (the engine bounds teardown).
+        Queued runs stay queued for the next life."""
+        self.shutting_down = True
         self.stop_run(None)
         await self.idle.wait()
 
@@ -325,6 +442,13 @@ class Service:
         task_dir = self.store.runs_dir / run_id / task_id
         lines = await trio.to_thread.run_sync(_read_logs, task_dir, tail)
         return TaskOutputResult(run_id=run_id, task_id=task_id, lines=lines, live=False)
+
+
+def _select(suite: Suite, task_ids: list[str] | None) -> list[TaskSpec]:
+    try:
+        return suite.select(task_ids)
+    except LoadError as exc:
+        raise RpcError(LOAD_FAILED, str(exc)) from exc
 
 
 def _lines(output: Iterable[tuple[str, str]]) -> list[OutputLine]:

@@ -113,7 +113,7 @@ class DockerSandboxes(SandboxProvider):
             return await trio.to_thread.run_sync(partial(fn, *args, **kwargs),
                                                  limiter=self.api_limiter)
         except DOCKER_FAILURES as exc:
-            raise SandboxError(f"{what}: {_reason(exc)}") from exc
+            raise SandboxError(f"{what}: {_reason(exc)}", retryable=_passing(exc)) from exc
 
     # -- images ----------------------------------------------------------------------------
 
@@ -206,7 +206,7 @@ class DockerSandboxes(SandboxProvider):
                            too_slow=f"pulling {image} exceeded its {limit_sec:g}s limit "
                                     "(build_timeout_sec x timeout multiplier)")
         if errors:
-            raise SandboxError(f"cannot pull {image}: {errors[-1]}")
+            raise SandboxError(f"cannot pull {image}: {errors[-1]}", retryable=True)
         if progress is not None:
             progress(100.0)  # also when every layer was there already
         log(f"pulled {image} in {time.monotonic() - started:.1f}s")
@@ -253,7 +253,7 @@ class DockerSandboxes(SandboxProvider):
         except trio.TooSlowError:
             raise BuildTimeout(too_slow) from None
         except DOCKER_FAILURES as exc:
-            raise SandboxError(f"{what}: {_reason(exc)}") from exc
+            raise SandboxError(f"{what}: {_reason(exc)}", retryable=_passing(exc)) from exc
         finally:
             if not finished:
                 for response in responses:
@@ -310,6 +310,15 @@ class DockerSandboxes(SandboxProvider):
             return runs
 
         return await self.call("cannot remove orphaned containers", remove)
+
+
+def _passing(exc: BaseException) -> bool:
+    """A failure worth another try: the engine unreachable or its connection lost, or a
+    server-side error (5xx). A 4xx (no such image, a conflict) would fail again."""
+    if isinstance(exc, requests.exceptions.RequestException):
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(exc, docker.errors.APIError) and status is not None and status >= 500
 
 
 def _reason(exc: BaseException) -> str:
