@@ -131,9 +131,12 @@ def drive(scenario: Scenario, *, path: str = "", daemon: FakeDaemon | None = Non
 
 def test_load_check_start_and_quit(tmp_path: Path) -> None:
     async def scenario(hud: Hud, daemon: FakeDaemon, keys: Any) -> None:
-        assert daemon.methods() == ["subscribe"]  # its answer holds the state to draw
-        keys.send_text(CTRL_L)
+        # subscribe's answer holds the state to draw; then PATH loads without a key pressed.
         await until(lambda: len(hud.state.tasks) == 3)
+        assert daemon.methods() == ["subscribe", "loadTBSuite"]
+        assert hud.app.layout.has_focus(hud.ui.task_window)  # with a PATH: in the list
+        keys.send_text(CTRL_L)
+        await until(lambda: daemon.methods().count("loadTBSuite") == 2)
         assert daemon.calls[-1] == ("loadTBSuite", {"path": str(tmp_path / "suite.json")})
         assert hud.state.checked == {"alpha", "beta", "gamma"}
         keys.send_text(" ")  # the task list has focus: uncheck alpha
@@ -186,7 +189,8 @@ def test_stop_needs_confirmation() -> None:
         keys.send_text("p")
         await until(lambda: hud.app.layout.has_focus(hud.ui.path_field))
         keys.send_text(CTRL_X + "y")
-        await until(lambda: hud.ui.path_field.text == "" and
+        # (The field shows the loaded suite's path; y is not added to it.)
+        await until(lambda: hud.ui.path_field.text == "/suites/demo" and
                     daemon.methods().count("stopTBRun") == 2)
         keys.send_text(CTRL_C)
 

@@ -72,6 +72,7 @@ STYLE = Style.from_dict({
     "header.focused": "bold reverse",
     "cursor": "reverse",
     "dim": "fg:ansibrightblack",
+    "stale": "fg:ansibrightblack",
     "success": "fg:ansigreen",
     "failure": "fg:ansired",
     "timeout": "fg:ansiyellow",
@@ -101,13 +102,14 @@ HELP = [
     ("↑ ↓ j k", "move in the task list / the history"),
     ("space", "check or uncheck the task"),
     ("a  n", "check all / none"),
-    ("f", "follow the running task again"),
+    ("f", "follow the run again (the cursor goes with the running task)"),
     ("PgUp PgDn", "scroll the output back / forward"),
-    ("End", "follow new output again"),
+    ("Home End", "the first output line / follow new output again"),
+    ("w  ← →", "wrap long lines on/off; scroll sideways when off"),
     ("h", "show or hide the run history"),
     ("Enter", "history: open the run's per-task results"),
     ("b", "history: compare the opened run with this one"),
-    ("p", "edit the suite path"),
+    ("p", "edit the suite path (selected: typing replaces it)"),
     ("Esc", "close help / the opened run; leave the field"),
     ("?", "this help"),
     ("q  Ctrl+C", "quit (the daemon keeps running)"),
@@ -125,7 +127,9 @@ def is_wide() -> bool:
 
 
 def left_width(columns: int) -> int:
-    return 58 if columns >= WIDE_COLUMNS else max(30, min(38, columns * 45 // 100))
+    """The task column's share of the width: 45%, so that wide screens widen both sides."""
+    return max(30, columns * 45 // 100) if columns >= WIDE_COLUMNS else \
+        max(30, min(38, columns * 45 // 100))
 
 
 def fit(text: str, width: int) -> str:
@@ -142,6 +146,25 @@ def fit(text: str, width: int) -> str:
         out.append(ch)
         used += w
     return "".join(out) + "…"
+
+
+def shorten(text: str, width: int) -> str:
+    """Cut in the middle (`slow-…int-4`): task names differ at their ends, often by a
+    number, and the end must stay readable."""
+    if width <= 0:
+        return ""
+    if get_cwidth(text) <= width:
+        return text
+    if width < 6:
+        return fit(text, width)
+    tail_w = (width - 1) // 2
+    head = fit(text, width - tail_w)[:-1]  # fit marks its cut: replaced by the one below
+    tail, used = "", 0
+    for ch in reversed(text):
+        if used + get_cwidth(ch) > tail_w:
+            break
+        tail, used = ch + tail, used + get_cwidth(ch)
+    return head + "…" + tail
 
 
 def pad(text: str, width: int) -> str:
@@ -170,8 +193,12 @@ def title_text(state: HudState, width: int) -> StyleAndTextTuples:
         if state.daemon_version:
             link += f"  daemon {state.daemon_version}"
     elif state.link == "reconnecting":
-        why = f": {state.link_error}" if state.link_error else ""
-        style, link = "class:title.bad", f"◌ reconnecting… attempt {state.attempt}{why}"
+        # What the user can act on, not the exception: "daemon stopped — retrying in 2 s".
+        wait = state.retry_in()
+        when = f"retrying in {wait:.0f} s" if wait is not None and wait >= 0.5 else \
+            "reconnecting…"
+        style, link = "class:title.bad", \
+            f"◌ {state.link_error or 'connection lost'} — {when} (attempt {state.attempt})"
     elif state.link == "failed":
         style, link = "class:title.bad", f"✗ disconnected by an error: {state.link_error}"
     else:
@@ -182,34 +209,70 @@ def title_text(state: HudState, width: int) -> StyleAndTextTuples:
     return [("class:title", head), (style, link), ("class:title", " " * gap + right)]
 
 
-def task_line(state: HudState, view: Task, width: int, selected: bool) -> StyleAndTextTuples:
+def category_width(state: HudState, width: int) -> int:
+    """Full categories when there is room (wide screens), else 8 cells of them."""
+    longest = max((get_cwidth(t.category) for t in state.tasks.values()), default=8)
+    room = width - 7 - 20 - 1 - 7 - (8 if width >= 50 else 0)  # a 20-cell name first
+    return max(8, min(longest, room))
+
+
+def highlight(line: StyleAndTextTuples) -> StyleAndTextTuples:
+    """The whole row of the selection stands out, not only its marker."""
+    return [(f"{style} class:cursor", text) for style, text, *_ in line]
+
+
+def task_line(state: HudState, view: Task, width: int, selected: bool,
+              cat_w: int = 8) -> StyleAndTextTuples:
     box = "[x]" if view.id in state.checked else "[ ]" if view.in_suite else " - "
     icon = STATUS_ICONS.get(view.status or "", " ")
     wide = width >= 50
-    diff_w, cat_w = 6, (12 if wide else 8)
-    time_w = 7 if wide else 0
-    name_w = max(6, width - 2 - 3 - 3 - cat_w - 1 - diff_w - (time_w + 1 if wide else 0))
+    diff_w, time_w = 6, (7 if wide else 0)
+    tail_w = cat_w + 1 + diff_w + (time_w + 1 if wide else 0)
+    name_w = max(6, width - 7 - 1 - tail_w)
     line: StyleAndTextTuples = [
             ("class:cursor" if selected else "", "▸" if selected else " "),
             ("", box + " "), (_status_style(view.status), icon + " "),
-            ("", pad(view.name, name_w) + " "), ("class:dim", pad(view.category, cat_w) + " "),
-            ("class:dim", pad(view.difficulty, diff_w))]
-    if wide:
-        ms = state.elapsed_ms(view) if view.status not in (None, "pending") else None
-        line.append(("class:dim", " " + (duration(ms) if ms is not None else "").rjust(time_w)))
-    return line
+            ("", pad(shorten(view.name, name_w), name_w) + " ")]
+    if view.status == "running":
+        # A running task says what it does and for how long in its own row.
+        clock_text = clock(state.elapsed_ms(view))
+        phase = fit(view.phase_text().replace("verification", "verify"),
+                    tail_w - len(clock_text) - 1)
+        line.append(("class:running", phase.rjust(tail_w - len(clock_text) - 1) + " "
+                     + clock_text))
+    else:
+        line += [("class:dim", pad(view.category, cat_w) + " "),
+                 ("class:dim", pad(view.difficulty, diff_w))]
+        if wide:
+            ms = state.elapsed_ms(view) if view.status not in (None, "pending") else None
+            line.append(("class:dim", " " + (duration(ms) if ms is not None else "")
+                         .rjust(time_w)))
+    return highlight(line) if selected else line
 
 
-def tasks_text(state: HudState, width: int) -> StyleAndTextTuples:
-    out: StyleAndTextTuples = []
+def task_rows(state: HudState, width: int) -> tuple[list[StyleAndTextTuples], int]:
+    """The task list's rows and the row of the cursor."""
     views = state.task_list()
     if not views:
-        return [("class:dim", " no suite loaded: Ctrl+L loads the path above")]
-    for index, view in enumerate(views):
-        if index:
-            out.append(("", "\n"))
-        out.extend(task_line(state, view, width, index == state.cursor))
-    return out
+        return [[("class:dim", " no suite loaded: Ctrl+L loads the path above")]], 0
+    cat_w = category_width(state, width)
+    return [task_line(state, view, width, index == state.cursor, cat_w)
+            for index, view in enumerate(views)], state.cursor
+
+
+def visible_rows(rows: list[StyleAndTextTuples], cursor: int, top: int,
+                 height: int) -> tuple[list[StyleAndTextTuples], int]:
+    """The rows a list of `height` shows, keeping the cursor in view and saying how many
+    rows lie below (`↓ 4 more`); and the new first row."""
+    if len(rows) <= height or height < 2:
+        return rows[:max(height, 1)], 0
+    top = min(max(top, cursor - (height - 2)), cursor)
+    top = max(0, min(top, len(rows) - height))
+    if top + height >= len(rows):
+        return rows[top:], top
+    shown = rows[top:top + height - 1]
+    more = len(rows) - top - len(shown)
+    return [*shown, [("class:dim", f"  ↓ {more} more")]], top
 
 
 def bar(fraction: float, width: int) -> StyleAndTextTuples:
@@ -229,7 +292,9 @@ def progress_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
         lines.append([("bold", fit(head, width)), ("class:dim", fit(tail, width - len(head)))])
     else:
         lines.append([("bold", fit(head, width))])
-    fraction = counts.done / counts.total if counts.total else 0.0
+    # Stopped tasks did not finish: a stopped run's bar shows what really got done.
+    stopped = sum(1 for t in state.board.run_tasks() if t.error == "stopped")
+    fraction = (counts.done - stopped) / counts.total if counts.total else 0.0
     bar_w = max(4, width - 8)
     lines.append([*bar(fraction, bar_w), ("", f" {fraction * 100:5.1f}%")])
     lines.append([("class:success", f"✓ {counts.passed}"), ("", "  "),
@@ -243,16 +308,22 @@ def progress_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
     else:
         more = 0
     if not running:
+        unfinished = any(t.status in ("pending", "running") for t in state.board.run_tasks())
         if state.is_running():
             note = "waiting for a free slot"
+        elif state.run_complete is not None and state.run_complete.status == "stopped":
+            note = "stopped"
+        elif unfinished:
+            note = "interrupted: tasks never finished"
         else:
             note = "finished" if counts.total else "idle"
         lines.append([("class:dim", note)])
     for view in running:
-        turn = f" | Turn {view.turn}" if view.turn is not None else ""
+        # Agents without turns (oracle, command) report none or 0: no "Turn 0" for them.
+        turn = f" | Turn {view.turn}" if view.turn else ""
         tail = f" ({view.phase_text()}){turn} | {clock(state.elapsed_ms(view))}"
-        # Cut the name, never the clock.
-        name = fit(view.name, max(4, width - 2 - len(tail)))
+        # Cut the name in the middle, never the clock.
+        name = shorten(view.name, max(6, width - 2 - len(tail)))
         lines.append([("class:running", "▶ "), ("", fit(name + tail, width - 2))])
     if more:
         lines.append([("class:dim", f"  … and {more} more running")])
@@ -285,15 +356,19 @@ def container_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
     if box is None:
         return [[("class:dim", "no container for this task")]]
     cpus = f"{box.cpus:g} cpu" if box.cpus is not None else "- cpu"
-    mem = f"{box.memory_mb} MB" if box.memory_mb is not None else "- MB"
+    # One unit for every memory figure: MiB (Docker's limits are in bytes, tasks say MB).
+    mem = f"{box.memory_mb} MiB" if box.memory_mb is not None else "- MiB"
     state_note = " (removed)" if box.stopped else ""
     use_mem = human_bytes(box.memory_bytes)
     if box.memory_limit_bytes:
         use_mem += f" / {human_bytes(box.memory_limit_bytes)}"
     cpu = f"{box.cpu_percent:.1f}%" if box.cpu_percent is not None else "-"
+    # A removed container's figures are the last ones seen, not live ones.
+    usage = ("class:dim", fit(f"last seen: cpu {cpu}  mem {use_mem}", width)) if box.stopped \
+        else ("", fit(f"cpu {cpu}  mem {use_mem}", width))
     return [[("", fit(f"image {box.image}", width))],
             [("", fit(f"id {box.container_id[:12]}{state_note}  {cpus}, {mem}", width))],
-            [("", fit(f"cpu {cpu}  mem {use_mem}", width))]]
+            [usage]]
 
 
 def output_header(state: HudState, width: int) -> StyleAndTextTuples:
@@ -302,17 +377,42 @@ def output_header(state: HudState, width: int) -> StyleAndTextTuples:
         return [("class:header", pad("Output", width))]
     where = f" ({view.phase_text()})" if view.status == "running" and view.phase else \
         f" [{view.status}]" if view.status else ""
-    mode = "following" if state.scroll == 0 else f"↑{state.scroll} lines, End follows"
+    # "following" only while the output on screen is a running task's, and the cursor
+    # goes with the run.
+    if state.scroll:
+        mode = f"↑{state.scroll} lines, End follows"
+    elif state.follow_running and view.status == "running":
+        mode = "following"
+    elif state.is_running():
+        mode = "f follows the run"
+    else:
+        mode = ""
+    if not state.wrap:
+        mode = f"nowrap →{state.hscroll} " + mode if state.hscroll else "nowrap " + mode
     left = fit(f"Output: {view.name}{where}", max(1, width - len(mode) - 1))
     return [("class:header", left), ("", " " * max(1, width - get_cwidth(left) - len(mode))),
             ("class:dim", mode)]
+
+
+def _line_rows(state: HudState, source: str, text: str,
+               text_w: int) -> list[StyleAndTextTuples]:
+    text = _ANSI.sub("", text.replace("\t", "    "))
+    if state.wrap:
+        chunks = [text[i:i + text_w] for i in range(0, len(text), text_w)] or [""]
+    else:  # one row per line, `hscroll` columns cut on the left
+        chunks = [text[state.hscroll:state.hscroll + text_w]]
+    style = f"class:out.{source}"
+    tag = SOURCE_TAGS.get(source, "?")
+    return [[("class:out.tag", (tag if n == 0 else " ") + " "), (style, chunk)]
+            for n, chunk in enumerate(chunks)]
 
 
 def output_rows(state: HudState, width: int, height: int) -> list[StyleAndTextTuples]:
     """The rows of the output pane: the newest lines (or `scroll` lines back), wrapped.
 
     Works backwards from the last visible line, so a redraw costs what is on screen, never
-    the 5,000 lines kept."""
+    the 5,000 lines kept. Scrolled back past the first line, the first line stays at the
+    top (as in `less`) and `state.scroll` is brought back to where that happens."""
     view = state.current()
     if view is None or height <= 0:
         return []
@@ -322,19 +422,18 @@ def output_rows(state: HudState, width: int, height: int) -> list[StyleAndTextTu
         return [[("class:dim", note)]]
     text_w = max(1, width - 2)
     rows: list[StyleAndTextTuples] = []
-    index = len(lines) - 1 - state.scroll
+    scrolled = state.scroll > 0
+    last = len(lines) - 1 - min(state.scroll, len(lines) - 1)
+    index = last
     while index >= 0 and len(rows) < height:
-        source, text = lines[index]
-        text = _ANSI.sub("", text.replace("\t", "    "))
-        chunks = [text[i:i + text_w] for i in range(0, len(text), text_w)] or [""]
-        style = f"class:out.{source}"
-        tag = SOURCE_TAGS.get(source, "?")
-        wrapped: list[StyleAndTextTuples] = [
-            [("class:out.tag", (tag if n == 0 else " ") + " "), (style, chunk)]
-            for n, chunk in enumerate(chunks)]
-        rows[:0] = wrapped
+        rows[:0] = _line_rows(state, *lines[index], text_w)
         index -= 1
-    return rows[-height:]
+    # At the top with room left: fill forward, so the screen is never short of lines.
+    while len(rows) < height and last + 1 < len(lines) and scrolled:
+        last += 1
+        rows.extend(_line_rows(state, *lines[last], text_w))
+    state.scroll = min(state.scroll, len(lines) - 1 - last)
+    return rows[:height] if scrolled and index < 0 else rows[-height:]
 
 
 def history_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
@@ -444,6 +543,21 @@ class OutputControl(UIControl):
         return False
 
 
+class TaskListControl(UIControl):
+    """The task list: scrolls itself to keep the cursor in view and says what lies below."""
+
+    def __init__(self, state: HudState, width: Callable[[], int]) -> None:
+        self.state, self.width, self.top = state, width, 0
+
+    def create_content(self, width: int, height: int) -> UIContent:
+        rows, cursor = task_rows(self.state, self.width())
+        rows, self.top = visible_rows(rows, cursor, self.top, height)
+        return UIContent(get_line=lambda i: rows[i], line_count=len(rows), show_cursor=False)
+
+    def is_focusable(self) -> bool:
+        return True
+
+
 def _text_window(get_text: Callable[[], StyleAndTextTuples], **kwargs: object) -> Window:
     return Window(FormattedTextControl(get_text), **kwargs)  # type: ignore[arg-type]
 
@@ -472,11 +586,7 @@ class HudLayout:
         self.all_button = Button("All", handler=state.check_all, width=5)
         self.none_button = Button("None", handler=state.check_none, width=6)
 
-        self.task_window = Window(
-            FormattedTextControl(lambda: tasks_text(state, col_width()), focusable=True,
-                                 show_cursor=False,
-                                 get_cursor_position=lambda: Point(0, state.cursor)),
-            scroll_offsets=None, wrap_lines=False)
+        self.task_window = Window(TaskListControl(state, col_width), wrap_lines=False)
         self.history_window = Window(
             FormattedTextControl(lambda: join_lines(history_lines(state, right_width())),
                                  focusable=True, show_cursor=False,
@@ -495,13 +605,16 @@ class HudLayout:
             # The header of the list that has the keyboard stands out.
             def get() -> StyleAndTextTuples:
                 focused = get_app().layout.has_focus(window)
-                return [("class:header.focused" if focused else "class:header", text)]
+                return [("class:header.focused", f"▶ {text} ") if focused else
+                        ("class:header", text)]
             return get
 
         def tasks_header() -> StyleAndTextTuples:
             selected = len(state.selected_ids())
             total = sum(1 for t in state.tasks.values() if t.in_suite)
-            return header(self.task_window, f"Tasks {selected}/{total}")()
+            name = f" · {state.suite.name}" if state.suite is not None else ""
+            return [*header(self.task_window, f"Tasks {selected}/{total}")(),
+                    ("class:dim", fit(name, max(0, col_width() - 25)))]
 
         left = HSplit([
             VSplit([_text_window(tasks_header, width=Dimension(min=9)),
@@ -544,7 +657,9 @@ class HudLayout:
                     self.path_field, Window(width=1),
                     self.load_button, Window(width=1), self.start_button, Window(width=1),
                     self.stop_button], height=1),
-            VSplit([left, Window(width=1, char="│", style="class:dim"), right]),
+            # Stale while the link is down: dimmed until the resync redraws the truth.
+            VSplit([left, Window(width=1, char="│", style="class:dim"), right],
+                   style=lambda: "" if state.link == "connected" else "class:stale"),
             _text_window(lambda: status_text(state, screen_size()[0]), height=1),
         ])
         help_float = Float(ConditionalContainer(

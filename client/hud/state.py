@@ -61,6 +61,7 @@ class HudState:
     link: str = "connecting"  # connecting | connected | reconnecting | failed
     attempt: int = 0  # reconnection attempts since the link was lost
     link_error: str | None = None
+    retry_at: float | None = None  # when the next reconnection attempt comes (clock)
     daemon_version: str | None = None
 
     # -- what the daemon owns: suite, run, tasks (suite order, then run-only), history --
@@ -71,6 +72,8 @@ class HudState:
     cursor: int = 0  # index into `tasks`: the task whose output and container are shown
     follow_running: bool = True  # the cursor jumps to a task when it starts
     scroll: int = 0  # output lines scrolled back from the newest; 0 follows new lines
+    wrap: bool = True  # long output lines wrap; when off, `hscroll` columns are cut left
+    hscroll: int = 0
     history_cursor: int = 0
     report: RunReport | None = None  # a run opened from the history (Enter)
     baseline_id: str | None = None
@@ -147,9 +150,17 @@ class HudState:
 
     def connected(self) -> None:
         self.link, self.attempt, self.link_error = "connected", 0, None
+        self.retry_at = None
 
-    def lost(self, attempt: int, error: str) -> None:
+    def lost(self, attempt: int, error: str, retry_in: float | None = None) -> None:
         self.link, self.attempt, self.link_error = "reconnecting", attempt, error
+        self.retry_at = None if retry_in is None else self.clock() + retry_in
+
+    def retry_in(self) -> float | None:
+        """Seconds until the next reconnection attempt, while waiting for it."""
+        if self.retry_at is None:
+            return None
+        return max(0.0, self.retry_at - self.clock())
 
     def failed(self, error: str) -> None:
         """The link ended on a bug of ours: no reconnecting (it would fail the same way)."""
@@ -170,6 +181,9 @@ class HudState:
             case TBSuiteInfo():
                 self.set_suite(event)  # the fold's rows, then the user's selection
             case TBRunStart():
+                # Said for runs started by any client: the status line tells what runs.
+                self.say(f"run {event.run_id} started: {event.total_tasks} task(s), agent "
+                         f"{event.agent or '?'}")
                 self.scroll = 0
                 if self.follow_running and event.task_ids:
                     self.move_to(event.task_ids[0])
@@ -208,6 +222,8 @@ class HudState:
         new_ids = [t.id for t in info.tasks]
         if new_ids != old_ids or not had_suite or old_path != info.path:
             self.checked = set(new_ids)  # a new suite starts with every task selected
+            if not self.is_running():
+                self.forget_run()
         else:
             self.checked &= set(new_ids)
         if current is not None and current.id in self.tasks:
@@ -215,6 +231,18 @@ class HudState:
         else:
             self.cursor = 0
         self.cursor = min(self.cursor, max(len(self.tasks) - 1, 0))
+
+    def forget_run(self) -> None:
+        """A new suite starts a clean view: the ended run's marks, counts and rows go (the
+        history keeps the run). A run still going on stays on screen."""
+        board = self.board
+        board.run = board.complete = board.started_at = None
+        board.tasks = {tid: t for tid, t in board.tasks.items() if t.in_suite}
+        for task in board.tasks.values():
+            task.status = None
+            task.container = None
+            task.output.clear()
+        self.scroll = self.cursor = 0
 
     def move_to(self, task_id: str) -> None:
         for index, tid in enumerate(self.tasks):
@@ -271,9 +299,26 @@ class HudState:
         self.checked = set()
 
     def scroll_output(self, lines: int) -> None:
+        """Back (positive) or forward; the layout stops it where the first line is at the top
+        (as `less` does) and writes that back."""
         view = self.current()
         total = len(view.output) if view else 0
         self.scroll = max(0, min(total, self.scroll + lines))
+
+    def toggle_wrap(self) -> None:
+        self.wrap, self.hscroll = not self.wrap, 0
+
+    def scroll_sideways(self, columns: int) -> None:
+        if not self.wrap:
+            self.hscroll = max(0, self.hscroll + columns)
+
+    def follow_run(self) -> None:
+        """Follow the run again: the cursor goes to the first running task (Ctrl+T, f)."""
+        self.follow_running = True
+        running = self.running()
+        if running:
+            self.move_to(running[0].id)
+        self.follow()
 
     def follow(self) -> None:
         self.scroll = 0
