@@ -387,3 +387,58 @@ def test_main_prints_the_tracebacks_once_the_app_is_gone(
             *a, **k, input=keyboard, output=DummyOutput()))
         assert hud_app.main() == 1
     assert "RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_ctrl_t_follows_the_run_after_the_user_moved() -> None:
+    async def scenario(hud: Hud, daemon: FakeDaemon, keys: Any) -> None:
+        daemon.conn.push(suite_info("a", "b", "c"))
+        await until(lambda: len(hud.state.tasks) == 3)
+        keys.send_text("jj ")  # the cursor on c, unchecked: the user chose where to look
+        await until(lambda: hud.state.checked == {"a", "b"} and not hud.state.follow_running)
+        keys.send_text(CTRL_T)
+        await until(lambda: "startTBRun" in daemon.methods())
+        daemon.conn.push(run_start("a", "b"), task_start("b", 1, 2))
+        # The cursor goes to the running task, whose output is followed.
+        await until(lambda: hud.state.current() is not None and hud.state.current().id == "b")
+        assert hud.state.follow_running and hud.state.scroll == 0
+        keys.send_text("q")
+
+    drive(scenario)
+
+
+def test_p_selects_the_path_so_typing_replaces_it() -> None:
+    async def scenario(hud: Hud, daemon: FakeDaemon, keys: Any) -> None:
+        daemon.conn.push(suite_info("a"))  # the field shows the loaded suite's path
+        await until(lambda: hud.ui.path_field.text == "/suites/demo")
+        keys.send_text("p")
+        await until(lambda: hud.app.layout.has_focus(hud.ui.path_field))
+        keys.send_text("/other")
+        await until(lambda: hud.ui.path_field.text == "/other")
+        keys.send_text("\x1b")  # Esc leaves the field for the task list
+        await until(lambda: hud.app.layout.has_focus(hud.ui.task_window))
+        keys.send_text("q")
+
+    drive(scenario)
+
+
+def test_closing_a_comparison_gives_the_keys_back_to_the_task_list() -> None:
+    daemon = FakeDaemon()
+    new = _report("tb-new", {"a": "success"}, 2000)
+    daemon.answers["getRun"] = lambda p: new
+
+    async def scenario(hud: Hud, daemon: FakeDaemon, keys: Any) -> None:
+        daemon.conn.push(suite_info("a", "b"), {"type": "tb_run_history", "runs": [
+            {k: new[k] for k in ("runId", "suiteName", "suiteVersion", "timestamp", "passRate",
+                                 "passed", "failed", "timeout", "error", "totalDurationMs",
+                                 "totalTokens")} | {"taskCount": 1, "filepath": "/r"}]})
+        await until(lambda: len(hud.state.history) == 1 and len(hud.state.tasks) == 2)
+        keys.send_text("h\r")
+        await until(lambda: hud.state.report is not None)
+        keys.send_text("\x1b")
+        await until(lambda: hud.state.report is None
+                    and hud.app.layout.has_focus(hud.ui.task_window))
+        keys.send_text("j")  # j moves the tasks again, not the history
+        await until(lambda: hud.state.cursor == 1)
+        keys.send_text("q")
+
+    drive(scenario, daemon=daemon)

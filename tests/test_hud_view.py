@@ -8,6 +8,8 @@ from typing import Any
 
 from client.hud.layout import (
     container_lines,
+    detail_lines,
+    history_lines,
     output_header,
     output_rows,
     progress_lines,
@@ -16,7 +18,9 @@ from client.hud.layout import (
     title_text,
     visible_rows,
 )
-from client.hud.state import HudState
+from client.hud.state import HudState, report_from_wire, summary_from_wire
+from protocol import RunReport
+from protocol.rpc import compare
 from tests import test_hud_state as wire
 from tests.test_hud_state import Clock, feed
 
@@ -147,3 +151,36 @@ def test_runs_started_elsewhere_are_told() -> None:
     feed(state, wire.suite_info("a"), wire.run_start("a"))
     assert state.notice_text() == "run tb-20250101-000000-abcdef started: 1 task(s), " \
         "agent oracle"
+
+
+def test_history_rows_name_the_run_and_keep_the_counts_at_80_columns() -> None:
+    state = HudState()
+    state.history = [summary_from_wire(
+        {"runId": "tb-20250101-031300-abcdef", "suiteName": "tasks", "suiteVersion": "1",
+         "timestamp": "2025-01-01T03:13:00Z", "passRate": 1.0, "passed": 3, "failed": 0,
+         "timeout": 0, "error": 0, "totalDurationMs": 62_000, "totalTokens": 0,
+         "taskCount": 3, "filepath": "/r", "status": "completed", "agent": "oracle"})]
+    row = text(history_lines(state, 43)[0])  # the history pane at 80x24
+    assert row.startswith("▸  100% 3/3 completed  1m02s  oracle")
+    assert "oracle · tasks · 03:13" in row or ("oracle" in row and "03:13" in row)
+    assert text(history_lines(state, 80)[0]).count("oracle · tasks · 03:13") == 1
+
+
+def test_a_comparison_shows_tests_and_warns_when_nothing_is_shared() -> None:
+    def report(run: str, outcomes: dict[str, str], tests: int) -> RunReport:
+        data = wire._report(run, outcomes, 1000)
+        for task in data["tasks"]:
+            task["testsPassed"], task["testsTotal"] = tests, 3
+        return report_from_wire(data)
+
+    now, base = report("new", {"a": "success"}, 3), report("old", {"a": "failure"}, 0)
+    state = HudState()
+    state.report, state.baseline_report = now, base
+    state.comparison = compare(now, base)
+    lines = texts(detail_lines(state, 80))
+    assert lines[-1] == "↑ a: failure → success  tests 0/3 → 3/3"
+    state.baseline_report = other = report("old", {"z": "success"}, 3)
+    state.comparison = compare(now, other)
+    lines = texts(detail_lines(state, 80))
+    assert lines[2] == "the two runs share no task: nothing to compare"
+    assert not any(line.startswith("pass rate") for line in lines)

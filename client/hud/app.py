@@ -388,15 +388,18 @@ class Hud:
         self.submit(job)
 
     async def _compare(self, run_id: str, baseline_id: str) -> Comparison:
+        # Both sides' per-task results: the comparison shows tests-passed changes too.
+        self.state.baseline_report = report_from_wire(
+            await self.call("getRun", {"runId": baseline_id}))
+        if self.state.report is None or self.state.report.run_id != run_id:
+            self.state.report = report_from_wire(await self.call("getRun", {"runId": run_id}))
         try:
             result = await self.call("compareRuns", {"runId": run_id, "baselineId": baseline_id})
         except RpcError as exc:
             if exc.code != METHOD_NOT_FOUND:
                 raise
             # A daemon without compareRuns: the same comparison, from both reports.
-            now = report_from_wire(await self.call("getRun", {"runId": run_id}))
-            then = report_from_wire(await self.call("getRun", {"runId": baseline_id}))
-            return compare(now, then)
+            return compare(self.state.report, self.state.baseline_report)
         return read(result, Comparison)
 
     async def _refresh_history(self) -> None:

@@ -436,6 +436,21 @@ def output_rows(state: HudState, width: int, height: int) -> list[StyleAndTextTu
     return rows[:height] if scrolled and index < 0 else rows[-height:]
 
 
+def run_label(agent: str | None, suite: str, timestamp: str) -> str:
+    """How a run is named on screen, the same everywhere: `oracle · tasks · 03:13`."""
+    return " · ".join(part for part in (agent, suite, timestamp[11:16]) if part)
+
+
+def label_of(state: HudState, run_id: str) -> str:
+    for run in state.history:
+        if run.run_id == run_id:
+            return run_label(run.agent, run.suite_name, run.timestamp)
+    for report in (state.report, state.baseline_report):
+        if report is not None and report.run_id == run_id:
+            return run_label(report.agent, report.suite_name, report.timestamp)
+    return run_id
+
+
 def history_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
     if not state.history:
         return [[("class:dim", "no runs yet")]]
@@ -444,15 +459,27 @@ def history_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
         selected = index == state.history_cursor
         mark = "b" if run.run_id == state.baseline_id else " "
         opened = "*" if state.report is not None and state.report.run_id == run.run_id else " "
-        # Most telling first, so that a narrow pane cuts the least useful part: the start
-        # time (date and full id come last, and in the opened run's header).
-        text = (f"{run.timestamp[11:16]} {run.pass_rate:>4.0%} {run.passed}/{run.task_count} "
-                f"{run.status or '':<9} {duration(run.total_duration_ms):>6} "
-                f"✗{run.failed} ⏱{run.timeout} !{run.error}  {run.suite_name}  "
-                f"{run.agent or ''}  {run.timestamp[:10]}  {run.run_id}")
-        out.append([("class:cursor" if selected else "", "▸" if selected else " "),
-                    ("bold", mark + opened), ("", fit(text, width - 3))])
+        # The counts first and whole; then which run it was (agent, suite, start time),
+        # cut in the middle if it must; the rest only where there is room.
+        counts = (f"{run.pass_rate:>4.0%} {run.passed}/{run.task_count} "
+                  f"{run.status or '':<9} {duration(run.total_duration_ms):>6}  ")
+        label_w = max(8, width - 4 - get_cwidth(counts))  # and one cell for the cut mark
+        label = shorten(run_label(run.agent, run.suite_name, run.timestamp), label_w)
+        rest = f"  ✗{run.failed} ⏱{run.timeout} !{run.error}  {run.timestamp[:10]}  {run.run_id}"
+        line: StyleAndTextTuples = [
+            ("class:cursor" if selected else "", "▸" if selected else " "),
+            ("bold", mark + opened), ("", fit(counts + label + rest, width - 3))]
+        out.append(highlight(line) if selected else line)
     return out
+
+
+# The order of a comparison's tasks: what got worse first.
+CHANGE_ORDER = {"regressed": 0, "improved": 1, "added": 2, "removed": 3, "unchanged": 4}
+NOISE_MS = 100  # time differences below this are noise, not shown
+
+
+def _tests(passed: int | None, total: int | None) -> str | None:
+    return f"{passed}/{total}" if total is not None else None
 
 
 def detail_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
@@ -465,24 +492,42 @@ def detail_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
             after is not None else ""
         sign = "+" if cmp.duration_delta_ms >= 0 else "-"
         out: list[StyleAndTextTuples] = [
-            [("class:header", fit(f"{cmp.run_id} vs baseline {cmp.baseline_id}", width))],
-            [("", fit(f"pass rate {cmp.baseline_pass_rate:.1%} → {cmp.pass_rate:.1%} "
-                      f"({cmp.pass_rate_delta * 100:+.1f} pts)  time {span}"
-                      f"({sign}{duration(abs(cmp.duration_delta_ms))})", width))],
-            [("class:improved", f"↑ {cmp.improved} improved  "),
-             ("class:regressed", f"↓ {cmp.regressed} regressed  "),
-             ("", fit(f"= {cmp.unchanged} unchanged"
-                      + (f"  +{cmp.added} added" if cmp.added else "")
-                      + (f"  -{cmp.removed} removed" if cmp.removed else ""), width))]]
-        for t in cmp.tasks:
+            [("class:header", fit(f"run      {label_of(state, cmp.run_id)}", width))],
+            [("class:header", fit(f"baseline {label_of(state, cmp.baseline_id)}", width))]]
+        if cmp.improved + cmp.regressed + cmp.unchanged == 0:
+            # A pass-rate change over tasks that only one side ran would mean nothing.
+            out.append([("class:regressed", fit("the two runs share no task: nothing to "
+                                                "compare", width))])
+        else:
+            delta = f"({sign}{duration(abs(cmp.duration_delta_ms))})" \
+                if abs(cmp.duration_delta_ms) >= NOISE_MS else "(same)"
+            out.append([("", fit(f"pass rate {cmp.baseline_pass_rate:.1%} → "
+                                 f"{cmp.pass_rate:.1%} ({cmp.pass_rate_delta * 100:+.1f} pts)"
+                                 f"  time {span}{delta}", width))])
+        out.append([("class:improved", f"↑ {cmp.improved} improved  "),
+                    ("class:regressed", f"↓ {cmp.regressed} regressed  "),
+                    ("", fit(f"= {cmp.unchanged} unchanged"
+                             + (f"  +{cmp.added} added" if cmp.added else "")
+                             + (f"  -{cmp.removed} removed" if cmp.removed else ""), width))])
+        tests_now = {r.task_id: _tests(r.tests_passed, r.tests_total)
+                     for r in (state.report.tasks if state.report is not None
+                               and state.report.run_id == cmp.run_id else [])}
+        tests_then = {r.task_id: _tests(r.tests_passed, r.tests_total)
+                      for r in (state.baseline_report.tasks if state.baseline_report
+                                is not None and state.baseline_report.run_id == cmp.baseline_id
+                                else [])}
+        for t in sorted(cmp.tasks, key=lambda t: CHANGE_ORDER.get(t.change, 9)):
             arrow = {"improved": "↑", "regressed": "↓", "added": "+", "removed": "-"}.get(
                 t.change, "=")
             delta = ""
-            if t.duration_delta_ms is not None:
+            if t.duration_delta_ms is not None and abs(t.duration_delta_ms) >= NOISE_MS:
                 delta = f"  {'+' if t.duration_delta_ms >= 0 else '-'}" \
                         f"{duration(abs(t.duration_delta_ms))}"
+            then, now = tests_then.get(t.task_id), tests_now.get(t.task_id)
+            tests = f"  tests {then or '?'} → {now or '?'}" if (then or now) and \
+                then != now else ""
             text = (f"{t.task_id}: {t.baseline_outcome or 'not run'} → "
-                    f"{t.outcome or 'not run'}{delta}")
+                    f"{t.outcome or 'not run'}{tests}{delta}")
             out.append([(f"class:{t.change}", f"{arrow} "), ("", fit(text, width - 2))])
         return out
     report = state.report

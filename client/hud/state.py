@@ -78,6 +78,7 @@ class HudState:
     report: RunReport | None = None  # a run opened from the history (Enter)
     baseline_id: str | None = None
     comparison: Comparison | None = None  # the opened run against the baseline
+    baseline_report: RunReport | None = None  # the baseline's per-task results
     show_help: bool = False
     show_history: bool = False
     confirm_stop: bool = False
