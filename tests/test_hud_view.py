@@ -184,3 +184,26 @@ def test_a_comparison_shows_tests_and_warns_when_nothing_is_shared() -> None:
     lines = texts(detail_lines(state, 80))
     assert lines[2] == "the two runs share no task: nothing to compare"
     assert not any(line.startswith("pass rate") for line in lines)
+
+
+def test_grouped_by_category_with_counts_and_folding() -> None:
+    state = HudState()
+    info = wire.suite_info("a", "b", "c")
+    info["tasks"][0]["category"] = "data-processing"
+    info["tasks"][1]["category"] = "data-processing"
+    feed(state, info, wire.run_start("a", "b", "c"), wire.task_start("a", 0, 3),
+         wire.complete("a", "success"), wire.task_start("b", 1, 3), wire.complete("b", "failure"))
+    state.toggle_group()
+    rows = texts(task_rows(state, 36)[0])
+    assert rows[0] == "▾ data-processing 2/2 ✓1 ✗1"
+    assert rows[3] == "▾ cat 0/1 ✓0 ✗0" and len(rows) == 5
+    state.move_to("a")
+    state.move(-1)  # from task a up to its category's row
+    assert state.on_category == "data-processing" and state.current().id == "a"
+    state.toggle_checked()  # space folds it
+    rows, cursor = task_rows(state, 36)
+    assert texts(rows)[0].startswith("▸ data-processing") and len(rows) == 3 and cursor == 0
+    state.move(2)  # over the other category's row to its task
+    assert state.current().id == "c" and state.on_category is None
+    state.toggle_group()
+    assert len(task_rows(state, 36)[0]) == 3 and task_rows(state, 36)[1] == 2

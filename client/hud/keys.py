@@ -186,6 +186,14 @@ def make_key_bindings(state: HudState, ui: HudLayout, actions: Actions) -> KeyBi
         elif in_history():
             event.app.layout.focus(ui.task_window)
 
+    @kb.add("c", filter=commands & ~in_history)
+    def _group(event: KeyPressEvent) -> None:
+        state.toggle_group()
+
+    @kb.add("enter", filter=commands & ~in_history & ~typing)
+    def _fold(event: KeyPressEvent) -> None:
+        state.toggle_fold()
+
     @kb.add("enter", filter=commands & in_history)
     def _open(event: KeyPressEvent) -> None:
         actions.open_run()

@@ -50,7 +50,7 @@ from prompt_toolkit.widgets import Button, Frame, TextArea
 
 from client.hud.state import STATUS_ICONS, HudState
 from client.render import duration
-from protocol.fold import Task
+from protocol.fold import DONE, Task
 
 if TYPE_CHECKING:
     from client.hud.keys import Actions
@@ -102,6 +102,7 @@ HELP = [
     ("↑ ↓ j k", "move in the task list / the history"),
     ("space", "check or uncheck the task"),
     ("a  n", "check all / none"),
+    ("c", "group the tasks by category (Enter/space folds one)"),
     ("f", "follow the run again (the cursor goes with the running task)"),
     ("PgUp PgDn", "scroll the output back / forward"),
     ("Home End", "the first output line / follow new output again"),
@@ -250,14 +251,34 @@ def task_line(state: HudState, view: Task, width: int, selected: bool,
     return highlight(line) if selected else line
 
 
+def category_line(state: HudState, category: str, width: int,
+                  selected: bool) -> StyleAndTextTuples:
+    """A category's row when grouped: `▾ data-processing 3/5 ✓2 ✗1` (done/total)."""
+    tasks = [t for t in state.tasks.values() if t.category == category]
+    statuses = [t.status for t in tasks]
+    done = sum(status in DONE for status in statuses)
+    passed = statuses.count("success")
+    failed = done - passed
+    head = f"{'▸' if category in state.folded else '▾'} "
+    counts = f" {done}/{len(tasks)} ✓{passed} ✗{failed}"
+    line: StyleAndTextTuples = [
+        ("bold", head + shorten(category, max(6, width - 2 - len(counts)))),
+        ("class:dim", counts)]
+    return highlight(line) if selected else line
+
+
 def task_rows(state: HudState, width: int) -> tuple[list[StyleAndTextTuples], int]:
     """The task list's rows and the row of the cursor."""
-    views = state.task_list()
-    if not views:
+    if not state.tasks:
         return [[("class:dim", " no suite loaded: Ctrl+L loads the path above")]], 0
     cat_w = category_width(state, width)
-    return [task_line(state, view, width, index == state.cursor, cat_w)
-            for index, view in enumerate(views)], state.cursor
+    current = state.current()
+    rows = state.rows()
+    cursor = state.cursor_row(rows)
+    return [category_line(state, key, width, index == cursor) if kind == "category" else
+            task_line(state, state.tasks[key], width,
+                      index == cursor and state.tasks[key] is current, cat_w)
+            for index, (kind, key) in enumerate(rows)], cursor
 
 
 def visible_rows(rows: list[StyleAndTextTuples], cursor: int, top: int,

@@ -73,6 +73,11 @@ class HudState:
     follow_running: bool = True  # the cursor jumps to a task when it starts
     scroll: int = 0  # output lines scrolled back from the newest; 0 follows new lines
     wrap: bool = True  # long output lines wrap; when off, `hscroll` columns are cut left
+    # The task list grouped by category (`c`), with folded categories; the cursor may sit on
+    # a category's row (`on_category`), the output still showing the task at `cursor`.
+    group: bool = False
+    folded: set[str] = attrs.Factory(set)
+    on_category: str | None = None
     hscroll: int = 0
     history_cursor: int = 0
     report: RunReport | None = None  # a run opened from the history (Enter)
@@ -250,6 +255,7 @@ class HudState:
             if tid == task_id:
                 if index != self.cursor:
                     self.cursor, self.scroll = index, 0
+                self.on_category = None
                 return
 
     # -- snapshot ------------------------------------------------------------------------
@@ -281,14 +287,57 @@ class HudState:
     def say(self, text: str) -> None:
         self.notice, self.notice_at = text, self.clock()
 
+    def rows(self) -> list[tuple[str, str]]:
+        """The task list's rows: ("task", id), or grouped, ("category", name) before its
+        tasks unless folded."""
+        if not self.group:
+            return [("task", tid) for tid in self.tasks]
+        by_category: dict[str, list[str]] = {}
+        for task in self.tasks.values():
+            by_category.setdefault(task.category, []).append(task.id)
+        rows: list[tuple[str, str]] = []
+        for category, ids in by_category.items():
+            rows.append(("category", category))
+            if category not in self.folded:
+                rows += [("task", tid) for tid in ids]
+        return rows
+
+    def cursor_row(self, rows: list[tuple[str, str]]) -> int:
+        view = self.current()
+        if self.group and view is not None and self.on_category is None and \
+                view.category in self.folded:
+            return rows.index(("category", view.category))  # its task is folded away
+        key = ("category", self.on_category) if self.on_category is not None else \
+            ("task", view.id if view is not None else "")
+        return rows.index(key) if key in rows else 0
+
+    def toggle_group(self) -> None:
+        self.group, self.on_category = not self.group, None
+
+    def toggle_fold(self) -> bool:
+        """Fold or unfold the category under the cursor; False when it is on a task."""
+        if not self.group or self.on_category is None:
+            return False
+        self.folded ^= {self.on_category}
+        return True
+
     def move(self, delta: int) -> None:
-        if self.tasks:
+        if self.group and self.tasks:
+            rows = self.rows()
+            kind, key = rows[max(0, min(len(rows) - 1, self.cursor_row(rows) + delta))]
+            self.on_category = key if kind == "category" else None
+            if kind == "task":
+                self.cursor = list(self.tasks).index(key)
+            self.scroll, self.follow_running = 0, False
+        elif self.tasks:
             self.cursor = max(0, min(len(self.tasks) - 1, self.cursor + delta))
             self.scroll = 0
             self.follow_running = False  # the user chose; `f` gives control back
 
 
     def toggle_checked(self) -> None:
+        if self.toggle_fold():  # space on a category's row folds it
+            return
         view = self.current()
         if view is not None and view.in_suite:
             self.checked ^= {view.id}
