@@ -133,7 +133,7 @@ def test_a_removed_containers_figures_are_the_last_seen() -> None:
           "containerId": "c" * 64, "exitCode": 0})
     lines = container_lines(state, 60)
     assert text(lines[1]) == f"id {'c' * 12} (removed)  1 cpu, 512 MiB"
-    assert text(lines[2]) == "last seen: cpu 12.5%  mem 50.0 MiB / 512.0 MiB"
+    assert text(lines[2]) == "last seen: cpu 12.5%  mem 50.0 MiB / 512 MiB"
     assert lines[2][0][0] == "class:dim"
 
 

@@ -360,15 +360,11 @@ def join_lines(lines: list[StyleAndTextTuples]) -> StyleAndTextTuples:
     return out
 
 
-def human_bytes(n: int | None) -> str:
+def mib(n: int | None) -> str:
+    """Bytes in MiB, the unit of every memory figure on screen (limits included)."""
     if n is None:
         return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n < 100 * 2**20 else f"{n / 2**20:.0f} MiB"
 
 
 def container_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
@@ -380,9 +376,9 @@ def container_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
     # One unit for every memory figure: MiB (Docker's limits are in bytes, tasks say MB).
     mem = f"{box.memory_mb} MiB" if box.memory_mb is not None else "- MiB"
     state_note = " (removed)" if box.stopped else ""
-    use_mem = human_bytes(box.memory_bytes)
+    use_mem = mib(box.memory_bytes)
     if box.memory_limit_bytes:
-        use_mem += f" / {human_bytes(box.memory_limit_bytes)}"
+        use_mem += f" / {mib(box.memory_limit_bytes)}"
     cpu = f"{box.cpu_percent:.1f}%" if box.cpu_percent is not None else "-"
     # A removed container's figures are the last ones seen, not live ones.
     usage = ("class:dim", fit(f"last seen: cpu {cpu}  mem {use_mem}", width)) if box.stopped \
