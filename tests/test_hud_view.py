@@ -207,3 +207,15 @@ def test_grouped_by_category_with_counts_and_folding() -> None:
     assert state.current().id == "c" and state.on_category is None
     state.toggle_group()
     assert len(task_rows(state, 36)[0]) == 3 and task_rows(state, 36)[1] == 2
+
+
+def test_the_output_header_shows_tests_tokens_and_cost_once_known() -> None:
+    state = HudState()
+    feed(state, wire.suite_info("a"), wire.run_start("a"), wire.task_start("a", 0, 1))
+    assert "tests" not in text(output_header(state, 80))
+    feed(state, wire.complete("a", "failure", testsPassed=2, testsTotal=3, tokens=1234,
+                              costUsd=0.05))
+    assert text(output_header(state, 80)).startswith(
+        "Output: a [failure] · tests 2/3 · 1,234 tok · $0.05")
+    feed(state, wire.run_start("a"))  # a new run forgets them
+    assert "tests" not in text(output_header(state, 80))

@@ -388,12 +388,25 @@ def container_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
             [usage]]
 
 
+def task_numbers(view: Task) -> list[str]:
+    """The figures known so far: tests passed, tokens, cost (none for agents without)."""
+    out = []
+    if view.tests_total is not None:
+        out.append(f"tests {view.tests_passed or 0}/{view.tests_total}")
+    if view.tokens:
+        out.append(f"{view.tokens:,} tok")
+    if view.cost_usd is not None:
+        out.append(f"${view.cost_usd:.2f}")
+    return out
+
+
 def output_header(state: HudState, width: int) -> StyleAndTextTuples:
     view = state.current()
     if view is None:
         return [("class:header", pad("Output", width))]
     where = f" ({view.phase_text()})" if view.status == "running" and view.phase else \
         f" [{view.status}]" if view.status else ""
+    where += "".join(f" · {n}" for n in task_numbers(view))
     # "following" only while the output on screen is a running task's, and the cursor
     # goes with the run.
     if state.scroll:
