@@ -17,6 +17,7 @@ from prompt_toolkit.output import DummyOutput
 
 from client.hud import app as hud_app
 from client.hud.app import Hud
+from client.hud.layout import status_text
 from client.hud.state import HudState
 from protocol import event_from_wire
 from protocol.rpc import RpcError
@@ -442,3 +443,33 @@ def test_closing_a_comparison_gives_the_keys_back_to_the_task_list() -> None:
         keys.send_text("q")
 
     drive(scenario, daemon=daemon)
+
+
+def test_a_pending_stop_counts_and_a_second_ctrl_x_forces_it() -> None:
+    def status() -> str:
+        return "".join(t for _, t in status_text(hud_state, 120))
+
+    async def scenario(hud: Hud, daemon: FakeDaemon, keys: Any) -> None:
+        nonlocal hud_state
+        hud_state = hud.state
+        daemon.conn.push(suite_info("a", "b"), run_start("a", "b"), task_start("a", 0, 2))
+        await until(lambda: hud.state.is_running())
+        keys.send_text(CTRL_X + "y")
+        await until(lambda: "stopTBRun" in daemon.methods())
+        assert status().startswith(" stopping… 0 s   (Ctrl+X again to force)")
+        keys.send_text(CTRL_X)
+        await until(lambda: "Force? y: stop every task again" in status())
+        keys.send_text("y")
+        await until(lambda: "stopTask" in daemon.methods())
+        assert daemon.methods()[-2:] == ["stopTBRun", "stopTask"]
+        assert daemon.calls[-1][1] == {"runId": run_start()["runId"], "taskId": "a"}
+        daemon.conn.push(complete("a", "error", error="stopped"),
+                         {"type": "tb_run_complete", "runId": run_start()["runId"],
+                          "passRate": 0, "passed": 0, "failed": 0, "timeout": 0, "error": 1,
+                          "totalDurationMs": 10, "status": "stopped"})
+        await until(lambda: hud.state.stopping_for() is None)
+        assert "stopping…" not in status()
+        keys.send_text("q")
+
+    hud_state: Any = None
+    drive(scenario)

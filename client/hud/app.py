@@ -339,6 +339,19 @@ class Hud:
             self.submit(stop_one)
             return
         params = {"runId": run.run_id} if run else {}
+        if self.state.stopping_for() is not None and run is not None:
+            # Forcing a stop that hangs: the run again, and each task still running.
+            running = [t.id for t in self.state.running()]
+            self.state.say(f"stopping again: the run and {len(running)} running task(s)")
+
+            async def force() -> None:
+                await self.call("stopTBRun", params)
+                for task_id in running:
+                    await self.call("stopTask", {"runId": run.run_id, "taskId": task_id})
+
+            self.submit(force)
+            return
+        self.state.stopping_since = self.state.clock()
         self.state.say("stopping: the running tasks are being killed…")
 
         async def job() -> None:

@@ -582,11 +582,19 @@ def detail_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
 
 
 def status_text(state: HudState, width: int) -> StyleAndTextTuples:
+    stopping = state.stopping_for()
+    if state.confirm_stop and stopping is not None and state.stop_task_id is None:
+        return [("class:confirm", pad(f" Still stopping after {stopping:.0f} s. Force? y: stop "
+                                      "every task again   any other key: wait", width))]
     if state.confirm_stop:
         run = state.run.run_id if state.run else "the run"
         if state.stop_task_id is not None:
             run = f"task {state.stop_task_id}"
         return [("class:confirm", pad(f" Stop {run}? y: stop   any other key: cancel", width))]
+    if stopping is not None:
+        # Never idle-looking while a stop is pending: it counts until the run ends.
+        return [("class:confirm", pad(f" stopping… {stopping:.0f} s   (Ctrl+X again to force)",
+                                      width))]
     notice = state.notice_text()
     if notice:
         return [("class:notice", pad(" " + notice, width))]

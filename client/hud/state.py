@@ -89,6 +89,8 @@ class HudState:
     confirm_stop: bool = False
     # While confirming: stop only this task (x) rather than the whole run (Ctrl+X).
     stop_task_id: str | None = None
+    # A stop of the whole run asked for and not yet over (clock): "stopping… 12 s".
+    stopping_since: float | None = None
     notice: str | None = None  # one line: the last error or what just happened
     notice_at: float = 0.0
 
@@ -204,6 +206,7 @@ class HudState:
                         self.move_to(running[0].id)
             case TBRunComplete():
                 if self.run_complete is event:
+                    self.stopping_since = None
                     total = self.run.total_tasks if self.run else "?"
                     self.say(f"run {event.status or 'completed'}: {event.passed}/{total} "
                              f"passed in {duration(event.total_duration_ms)}")
@@ -281,6 +284,14 @@ class HudState:
             self.move_to(running[0].id)  # attaching mid-run: show what is going on
         shown = self.current()
         self.scroll = min(self.scroll, len(shown.output) if shown is not None else 0)
+        if not self.is_running():
+            self.stopping_since = None
+
+    def stopping_for(self) -> float | None:
+        """Seconds since the stop of the run was asked for, while it is still going on."""
+        if self.stopping_since is None or not self.is_running():
+            return None
+        return self.clock() - self.stopping_since
 
     # -- user actions (called by the key bindings) ---------------------------------------
 
