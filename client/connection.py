@@ -1,5 +1,7 @@
 """A client's connection to the daemon: JSON-RPC calls and the event stream, over the local
-Unix socket or a WebSocket URL.
+Unix socket, a WebSocket URL, or `ssh://[user@]host`: ssh's stdio, bridged on that box to its
+daemon's Unix socket by `tbhud dial-stdio` (as the docker CLI does with `docker system
+dial-stdio`): no port opened, no token copied, the daemon there started on demand.
 
     async with open_connection() as conn:            # local daemon, started when none answers
         await conn.call("subscribe")
@@ -18,6 +20,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
+import shlex
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -65,7 +70,9 @@ class _Transport(Protocol):
 
 
 class _UnixClient:
-    def __init__(self, stream: trio.SocketStream) -> None:
+    """One JSON object a line over a byte stream: the Unix socket, or ssh's stdio."""
+
+    def __init__(self, stream: trio.abc.HalfCloseableStream) -> None:
         self.stream = stream
         self.lines = LineBuffer(MAX_INCOMING)
         self.lock = trio.Lock()  # calls from several tasks must not interleave their bytes
@@ -213,6 +220,8 @@ async def open_connection(url: str | None = None, token: str | None = None, *,
     async with contextlib.AsyncExitStack() as stack:
         if url is None:
             transport: _Transport = await _connect_unix(autostart)
+        elif url.startswith(SSH_SCHEME):
+            transport = await _connect_ssh(stack, url.removeprefix(SSH_SCHEME))
         else:
             transport = await _connect_ws(stack, url, token)
         conn = Connection(transport)
@@ -235,16 +244,22 @@ async def open_connection(url: str | None = None, token: str | None = None, *,
 
 
 async def _connect_unix(autostart: bool) -> _Transport:
+    return _UnixClient(await open_local_socket(autostart))
+
+
+async def open_local_socket(autostart: bool) -> trio.SocketStream:
+    """The local daemon's Unix socket as a byte stream (started when none answers and
+    `autostart`)."""
     path = str(locations.socket_path())
     try:
-        return _UnixClient(await trio.open_unix_socket(path))
+        return await trio.open_unix_socket(path)
     except OSError as exc:
         if not autostart:
             raise DaemonUnavailable(f"no tbhud daemon answers on {path} ({exc.strerror}); "
                                     "start one with `tbhud daemon`") from exc
     socket = await _start_daemon()
     try:
-        return _UnixClient(await trio.open_unix_socket(socket))
+        return await trio.open_unix_socket(socket)
     except OSError as exc:
         raise DaemonUnavailable(f"the daemon started but {socket} does not answer: "
                                 f"{exc}") from exc
@@ -270,6 +285,37 @@ async def _start_daemon() -> str:
         raise DaemonUnavailable(f"the daemon started but did not say where it listens: "
                                 f"{done.stdout[:200]!r}") from exc
     return str(socket)
+
+
+SSH_SCHEME = "ssh://"
+
+
+async def _connect_ssh(stack: contextlib.AsyncExitStack, target: str) -> _Transport:
+    """`ssh TARGET tbhud dial-stdio`, spoken to through its stdin and stdout. $TBHUD_SSH is
+    the ssh command (default `ssh`: the user's keys, agent and ~/.ssh/config apply), and
+    $TBHUD_SSH_REMOTE the command that runs `tbhud` on the far side (default `tbhud`)."""
+    ssh = shlex.split(os.environ.get("TBHUD_SSH", "ssh"))
+    remote = os.environ.get("TBHUD_SSH_REMOTE", "tbhud")
+    command = [*ssh, "-T", "-o", "BatchMode=yes", target, f"{remote} dial-stdio"]
+    try:
+        process = await trio.lowlevel.open_process(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL)
+    except OSError as exc:
+        raise DaemonUnavailable(f"cannot run {command[0]}: {exc.strerror or exc}") from exc
+
+    async def end() -> None:
+        # Closing its stdin ends the bridge; a stuck ssh is ended by us.
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+
+    stack.push_async_callback(end)
+    assert process.stdin is not None and process.stdout is not None
+    return _UnixClient(trio.StapledStream(process.stdin, process.stdout))
 
 
 async def _connect_ws(stack: contextlib.AsyncExitStack, url: str,

@@ -73,6 +73,8 @@ class Task:
     tests_passed: int | None = None
     tests_total: int | None = None
     reward: float | None = None
+    tokens: int | None = None  # and cost, for agents that report them
+    cost_usd: float | None = None
     # What the phase is doing and how far (a pull in setup), while it says so.
     detail: str | None = None
     percent: float | None = None
@@ -90,7 +92,7 @@ class Task:
         self.status, self.phase, self.turn = "pending", None, None
         self.elapsed_ms, self.duration_ms, self.error = 0, None, None
         self.tests_passed = self.tests_total = None
-        self.reward = None
+        self.reward = self.tokens = self.cost_usd = None
         self.detail = self.percent = None
         self.container = None
         self.attempt = self.attempts = None
@@ -255,6 +257,7 @@ def apply(board: Board, event: Event, now: float) -> Task | None:
                 task.turn = event.turns or task.turn
                 task.error, task.reward = event.error, event.reward
                 task.tests_passed, task.tests_total = event.tests_passed, event.tests_total
+                task.tokens, task.cost_usd = event.tokens or None, event.cost_usd
             return task
         case ContainerStart():
             task = _task(board, event.run_id, event.task_id)

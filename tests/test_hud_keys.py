@@ -17,6 +17,7 @@ from prompt_toolkit.output import DummyOutput
 
 from client.hud import app as hud_app
 from client.hud.app import Hud
+from client.hud.layout import status_text
 from client.hud.state import HudState
 from protocol import event_from_wire
 from protocol.rpc import RpcError
@@ -131,9 +132,12 @@ def drive(scenario: Scenario, *, path: str = "", daemon: FakeDaemon | None = Non
 
 def test_load_check_start_and_quit(tmp_path: Path) -> None:
     async def scenario(hud: Hud, daemon: FakeDaemon, keys: Any) -> None:
-        assert daemon.methods() == ["subscribe"]  # its answer holds the state to draw
-        keys.send_text(CTRL_L)
+        # subscribe's answer holds the state to draw; then PATH loads without a key pressed.
         await until(lambda: len(hud.state.tasks) == 3)
+        assert daemon.methods() == ["subscribe", "loadTBSuite"]
+        assert hud.app.layout.has_focus(hud.ui.task_window)  # with a PATH: in the list
+        keys.send_text(CTRL_L)
+        await until(lambda: daemon.methods().count("loadTBSuite") == 2)
         assert daemon.calls[-1] == ("loadTBSuite", {"path": str(tmp_path / "suite.json")})
         assert hud.state.checked == {"alpha", "beta", "gamma"}
         keys.send_text(" ")  # the task list has focus: uncheck alpha
@@ -186,7 +190,8 @@ def test_stop_needs_confirmation() -> None:
         keys.send_text("p")
         await until(lambda: hud.app.layout.has_focus(hud.ui.path_field))
         keys.send_text(CTRL_X + "y")
-        await until(lambda: hud.ui.path_field.text == "" and
+        # (The field shows the loaded suite's path; y is not added to it.)
+        await until(lambda: hud.ui.path_field.text == "/suites/demo" and
                     daemon.methods().count("stopTBRun") == 2)
         keys.send_text(CTRL_C)
 
@@ -383,3 +388,88 @@ def test_main_prints_the_tracebacks_once_the_app_is_gone(
             *a, **k, input=keyboard, output=DummyOutput()))
         assert hud_app.main() == 1
     assert "RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_ctrl_t_follows_the_run_after_the_user_moved() -> None:
+    async def scenario(hud: Hud, daemon: FakeDaemon, keys: Any) -> None:
+        daemon.conn.push(suite_info("a", "b", "c"))
+        await until(lambda: len(hud.state.tasks) == 3)
+        keys.send_text("jj ")  # the cursor on c, unchecked: the user chose where to look
+        await until(lambda: hud.state.checked == {"a", "b"} and not hud.state.follow_running)
+        keys.send_text(CTRL_T)
+        await until(lambda: "startTBRun" in daemon.methods())
+        daemon.conn.push(run_start("a", "b"), task_start("b", 1, 2))
+        # The cursor goes to the running task, whose output is followed.
+        await until(lambda: hud.state.current() is not None and hud.state.current().id == "b")
+        assert hud.state.follow_running and hud.state.scroll == 0
+        keys.send_text("q")
+
+    drive(scenario)
+
+
+def test_p_selects_the_path_so_typing_replaces_it() -> None:
+    async def scenario(hud: Hud, daemon: FakeDaemon, keys: Any) -> None:
+        daemon.conn.push(suite_info("a"))  # the field shows the loaded suite's path
+        await until(lambda: hud.ui.path_field.text == "/suites/demo")
+        keys.send_text("p")
+        await until(lambda: hud.app.layout.has_focus(hud.ui.path_field))
+        keys.send_text("/other")
+        await until(lambda: hud.ui.path_field.text == "/other")
+        keys.send_text("\x1b")  # Esc leaves the field for the task list
+        await until(lambda: hud.app.layout.has_focus(hud.ui.task_window))
+        keys.send_text("q")
+
+    drive(scenario)
+
+
+def test_closing_a_comparison_gives_the_keys_back_to_the_task_list() -> None:
+    daemon = FakeDaemon()
+    new = _report("tb-new", {"a": "success"}, 2000)
+    daemon.answers["getRun"] = lambda p: new
+
+    async def scenario(hud: Hud, daemon: FakeDaemon, keys: Any) -> None:
+        daemon.conn.push(suite_info("a", "b"), {"type": "tb_run_history", "runs": [
+            {k: new[k] for k in ("runId", "suiteName", "suiteVersion", "timestamp", "passRate",
+                                 "passed", "failed", "timeout", "error", "totalDurationMs",
+                                 "totalTokens")} | {"taskCount": 1, "filepath": "/r"}]})
+        await until(lambda: len(hud.state.history) == 1 and len(hud.state.tasks) == 2)
+        keys.send_text("h\r")
+        await until(lambda: hud.state.report is not None)
+        keys.send_text("\x1b")
+        await until(lambda: hud.state.report is None
+                    and hud.app.layout.has_focus(hud.ui.task_window))
+        keys.send_text("j")  # j moves the tasks again, not the history
+        await until(lambda: hud.state.cursor == 1)
+        keys.send_text("q")
+
+    drive(scenario, daemon=daemon)
+
+
+def test_a_pending_stop_counts_and_a_second_ctrl_x_forces_it() -> None:
+    def status() -> str:
+        return "".join(t for _, t in status_text(hud_state, 120))
+
+    async def scenario(hud: Hud, daemon: FakeDaemon, keys: Any) -> None:
+        nonlocal hud_state
+        hud_state = hud.state
+        daemon.conn.push(suite_info("a", "b"), run_start("a", "b"), task_start("a", 0, 2))
+        await until(lambda: hud.state.is_running())
+        keys.send_text(CTRL_X + "y")
+        await until(lambda: "stopTBRun" in daemon.methods())
+        assert status().startswith(" stopping… 0 s   (Ctrl+X again to force)")
+        keys.send_text(CTRL_X)
+        await until(lambda: "Force? y: stop every task again" in status())
+        keys.send_text("y")
+        await until(lambda: "stopTask" in daemon.methods())
+        assert daemon.methods()[-2:] == ["stopTBRun", "stopTask"]
+        assert daemon.calls[-1][1] == {"runId": run_start()["runId"], "taskId": "a"}
+        daemon.conn.push(complete("a", "error", error="stopped"),
+                         {"type": "tb_run_complete", "runId": run_start()["runId"],
+                          "passRate": 0, "passed": 0, "failed": 0, "timeout": 0, "error": 1,
+                          "totalDurationMs": 10, "status": "stopped"})
+        await until(lambda: hud.state.stopping_for() is None)
+        assert "stopping…" not in status()
+        keys.send_text("q")
+
+    hud_state: Any = None
+    drive(scenario)

@@ -207,3 +207,130 @@ def test_hud_runs_and_stops_a_suite(home: Path, suite: Path, daemon: subprocess.
                            timeout=120)
     finally:
         tmux.kill()
+
+
+def output_line(screen: str, text: str) -> bool:
+    """`text` as a whole output line (after the pane's separator and the source tag)."""
+    return any(line.rstrip().endswith(f"│a {text}") for line in screen.splitlines())
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 48)], ids=["80x24", "160x48"])
+def test_hud_as_a_daily_tool(home: Path, tmp_path: Path, daemon: subprocess.Popen[bytes],
+                             docker_client: docker.DockerClient, size: tuple[int, int]) -> None:
+    """Issue 14 by reading the screen: PATH loads at launch with the list focused; grouping
+    by category; Ctrl+T follows the run; Home stops at the first line, w unwraps; a stop
+    says stopped and greys the last figures; history rows and the comparison name the runs;
+    Esc gives the keys back to the list at once; another suite starts a clean view; a lost
+    daemon is said in words."""
+    assert shutil.which("tmux"), "tmux is needed for the real-terminal test"
+    root = tmp_path / "daily"
+    root.mkdir()
+    done = 'echo "step one"\ntouch /tmp/done\n'
+    meta = '[metadata]\ncategory = "data-processing"\n'
+    make_task(root, "a-fast", solve=done, test=PASS_TEST, toml=meta)
+    make_task(root, "b-fast", solve=done, test=PASS_TEST, toml=meta)
+    make_task(root, "c-fails", solve='echo "not today"\n', test=PASS_TEST)
+    long_line = "long" * 60 + "TAIL"
+    make_task(root, "d-sleeps", test=PASS_TEST, toml="[agent]\ntimeout_sec = 900\n",
+              solve=f'seq 1 60\necho {long_line}\necho "going to sleep"\nsleep 300\n')
+    other = tmp_path / "other"
+    other.mkdir()
+    make_task(other, "z-other", solve=done, test=PASS_TEST)
+
+    x, y = size
+    tmux = Tmux(f"tbhud-test-{secrets.token_hex(4)}")
+    hud = " ".join([*TBHUD, "hud", str(root), "--concurrency", "4"])
+    try:
+        tmux.start("hud", hud, env={"TBHUD_HOME": str(home)}, x=x, y=y)
+        # PATH is loaded without a key, and the keys are in the task list.
+        screen = tmux.wait_for("● connected", "▶ Tasks 4/4", "· daily", "d-sleeps")
+        save(f"daily-{x}x{y}-loaded", screen)
+
+        tmux.keys("c")  # grouped by category, with counts
+        tmux.wait_for("▾ data-processing 0/2 ✓0 ✗0", "▾ uncategorized 0/2")
+        tmux.keys("k", "Enter")  # up to the category's row; Enter folds it
+        screen = tmux.wait_for("▸ data-processing 0/2")
+        assert not re.search(r"\[x\] +a-fast", screen)  # its rows are folded away
+        tmux.keys("c")
+        tmux.wait_for("a-fast", "b-fast")
+
+        # The user looks at c-fails and leaves it out; Ctrl+T follows the run anyway.
+        tmux.keys("j", "j", "Space")
+        tmux.wait_for("Tasks 3/4")
+        tmux.keys("C-t")
+        screen = tmux.wait_for("Output: d-sleeps (agent)", "following", "going to sleep",
+                               "TB: daily 2/3", timeout=180)
+        save(f"daily-{x}x{y}-following", screen)
+        assert "Turn 0" not in screen  # oracle has no turns
+
+        # Home: the first line at the top, never a blank panel; End follows again.
+        tmux.keys("Home")
+        screen = tmux.wait(lambda s: output_line(s, "1"), "the first output line")
+        assert "End follows" in screen
+        tmux.keys("PPage")
+        tmux.wait(lambda s: output_line(s, "1"), "the first line, still")
+        tmux.keys("End")
+        screen = tmux.wait_for("going to sleep", "TAIL", "following")
+        # w: long lines stop wrapping; → scrolls sideways to their end.
+        tmux.keys("w")
+        screen = tmux.wait_for("nowrap")
+        assert "TAIL" not in screen
+        tmux.keys(*["Right"] * 12)
+        tmux.wait_for("TAIL", "nowrap →240")
+        tmux.keys("w")
+
+        tmux.keys("C-x")
+        tmux.wait_for("y: stop")
+        tmux.keys("y")
+        screen = tmux.wait_for("stopped in", "(removed)", "last seen:", "MiB", timeout=90)
+        save(f"daily-{x}x{y}-stopped", screen)
+        assert "finished" not in screen
+        assert re.search(r"^stopped +│", screen, re.M)  # the progress widget's own word
+
+        # A second run of one task, for a comparison.
+        tmux.keys("n", "g")  # g does nothing: n alone unchecks everything
+        tmux.wait_for("Tasks 0/4")
+        tmux.keys("C-t")
+        tmux.wait_for("no task is checked")
+        tmux.keys("k", "k", "k", "Space", "C-t")  # a-fast alone
+        tmux.wait_for("Tasks 1/4", "TB: daily 1/1", "finished", timeout=180)
+        tmux.keys("h")
+        screen = tmux.wait_for("History", "oracle", "stopped", "completed")
+        save(f"daily-{x}x{y}-history", screen)
+        tmux.keys("Enter")  # the newest run
+        tmux.wait_for("[completed]")
+        tmux.keys("j", "b")  # the stopped run is its baseline
+        screen = tmux.wait_for("run      oracle · daily", "baseline oracle · daily",
+                               "regressed")
+        save(f"daily-{x}x{y}-compare", screen)
+        # Regressions first: d-sleeps went from error (stopped) to success, c-fails stays.
+        tmux.keys("Escape")
+        screen = tmux.wait_for("▶ Tasks")
+        assert "baseline oracle" not in screen
+        tmux.keys("j")  # the task list moves, not the history
+        tmux.wait(lambda s: "▸[" in s, "the task cursor")
+        tmux.keys("?")
+        tmux.wait_for("press ? or Esc to close")
+        started = time.monotonic()
+        tmux.keys("Escape")
+        tmux.wait(lambda s: "press ? or Esc to close" not in s, "the help to close")
+        assert time.monotonic() - started < 0.45  # not prompt_toolkit's 0.5 s Esc wait
+
+        # Another suite: p selects the path, typing replaces it; a clean view.
+        tmux.keys("p")
+        tmux.keys("-l", str(other))
+        tmux.keys("Enter")
+        screen = tmux.wait_for("Tasks 1/1", "z-other", "TB: other 0/0", "idle")
+        save(f"daily-{x}x{y}-other-suite", screen)
+        assert "a-fast" not in screen and "d-sleeps" not in screen
+
+        daemon.terminate()
+        daemon.wait(timeout=120)
+        screen = tmux.wait_for("daemon stopped — retrying in", timeout=30)
+        save(f"daily-{x}x{y}-lost", screen)
+        assert "Error(" not in screen
+    finally:
+        tmux.kill()
+        deadline = time.monotonic() + 60
+        while our_containers(docker_client, home) and time.monotonic() < deadline:
+            time.sleep(0.2)

@@ -64,6 +64,13 @@ def add_daemon_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="a daemon's WebSocket, ws://HOST:PORT (default: the local "
                    "daemon's Unix socket)")
     p.add_argument("--token", help="token for --url (default: the local token file)")
+    add_ssh_option(p)
+
+
+def add_ssh_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ssh", metavar="[USER@]HOST", type=lambda host: f"ssh://{host}",
+                   dest="url", help="the daemon on HOST, through ssh's stdio (`ssh HOST tbhud "
+                   "dial-stdio`); the same as --url ssh://HOST")
 
 
 def daemon_path(args: argparse.Namespace, path: str) -> str:

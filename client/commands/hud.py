@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from client.commands.common import non_negative_int, positive_int
+from client.commands.common import add_ssh_option, non_negative_int, positive_int
 from client.commands.runs import add_agent_options, add_pull_option, agent_options
 
 
@@ -27,6 +27,7 @@ def register(sub: Any) -> None:
     p.add_argument("path", nargs="?", help="suite path to put in the path field")
     p.add_argument("--url", help="daemon WebSocket, ws://HOST:PORT (default: the local daemon)")
     p.add_argument("--token", help="token for --url (default: read from the local token file)")
+    add_ssh_option(p)
     p.add_argument("--agent", help="agent for runs started from the HUD (daemon default: "
                    "oracle; see `tbhud agents`)")
     add_agent_options(p)

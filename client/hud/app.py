@@ -26,13 +26,14 @@ import trio
 from prompt_toolkit.application import Application
 from prompt_toolkit.input import Input
 from prompt_toolkit.output import ColorDepth, Output
+from trio_websocket import ConnectionClosed
 
-from client.connection import CONNECTION_ERRORS
+from client.connection import CONNECTION_ERRORS, DaemonUnavailable
 from client.hud.keys import make_key_bindings
 from client.hud.layout import STYLE, HudLayout
 from client.hud.state import HudState, report_from_wire, suite_from_wire, summary_from_wire
 from client.wire import read
-from protocol.events import TBRunComplete
+from protocol.events import TBRunComplete, TBSuiteInfo
 from protocol.rpc import METHOD_NOT_FOUND, Comparison, RpcError, compare
 
 # Redraw at most this often however fast events come (the HUD doc's throttle); the clock
@@ -59,6 +60,18 @@ def describe(exc: BaseException) -> str:
         return describe(exc.exceptions[0])
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return text[:120]
+
+
+def link_trouble(exc: BaseException) -> str:
+    """What a lost or refused link means to the user (no exception reprs in the title)."""
+    if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        return link_trouble(exc.exceptions[0])
+    if isinstance(exc, DaemonUnavailable | ConnectionRefusedError | FileNotFoundError):
+        return "daemon stopped"
+    if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError |
+                  ConnectionResetError | BrokenPipeError | ConnectionClosed):
+        return "connection lost"
+    return f"cannot reach the daemon ({describe(exc)})"
 
 
 def _default_connect(url: str | None, token: str | None, *,
@@ -93,6 +106,10 @@ class Hud:
             input=input,
             output=output,
         )
+        # A lone Esc acts at once: prompt_toolkit waits 0.5 s by default to tell it from the
+        # start of an escape sequence, which arrive whole in practice (also over SSH).
+        self.app.ttimeoutlen, self.app.timeoutlen = 0.05, 0.3
+        self.initial_path = path  # loaded once attached: `tbhud hud PATH`
         # UI callbacks hand work to trio here; bounded so a stuck daemon cannot pile up keys.
         self._jobs_send, self._jobs_recv = trio.open_memory_channel[Job](32)
         self._scope: trio.CancelScope | None = None
@@ -167,10 +184,12 @@ class Hud:
                         self.state.apply(event)
                         if isinstance(event, TBRunComplete):
                             self.submit(self._refresh_history)
+                        elif isinstance(event, TBSuiteInfo):
+                            self._show_suite_path()
                         self.invalidate()
-                error = "the daemon closed the connection"
+                error = "daemon stopped"
             except CONNECTION_ERRORS as exc:
-                error = describe(exc)
+                error = link_trouble(exc)
             except Exception as exc:
                 self.state.failed(describe(exc))
                 self._bug(exc)
@@ -179,8 +198,9 @@ class Hud:
                 self.conn = None
             first = False
             attempt += 1
-            self.state.lost(attempt, error)
+            self.state.lost(attempt, error, backoff(attempt))
             self.invalidate()
+            # The countdown in the title ticks with the app's refresh (once a second).
             await trio.sleep(backoff(attempt))
 
     async def _attached(self, conn: Any) -> None:
@@ -190,7 +210,19 @@ class Hud:
         self.conn = conn
         self.state.connected()
         self.state.apply_snapshot(snapshot)
+        self._show_suite_path()
+        if self.initial_path:
+            # `tbhud hud PATH` loads PATH, once: a reconnect keeps what the daemon has.
+            path, self.initial_path = self.initial_path, ""
+            self.load(path)
         self.invalidate()
+
+    def _show_suite_path(self) -> None:
+        """The field shows the daemon's suite (loaded by any client), unless being edited."""
+        suite = self.state.suite
+        field = self.ui.path_field
+        if suite is not None and suite.path and not self.app.layout.has_focus(field):
+            field.text = suite.path
 
     # -- jobs from the UI ----------------------------------------------------------------
 
@@ -239,8 +271,8 @@ class Hud:
             path = os.path.abspath(os.path.expanduser(path))
         return path
 
-    def load(self) -> None:
-        path = self.suite_path()
+    def load(self, path: str | None = None) -> None:
+        path = path or self.suite_path()
         if not path:
             self.state.say("type the path of a task, dataset or suite JSON first")
             return
@@ -249,6 +281,7 @@ class Hud:
         async def job() -> None:
             info = suite_from_wire(await self.call("loadTBSuite", {"path": path}))
             self.state.set_suite(info)
+            self._show_suite_path()
             self.state.say(f"loaded {info.name}: {len(info.tasks)} task(s)")
 
         self.submit(job)
@@ -271,6 +304,7 @@ class Hud:
                 state.say("load a suite first (type its path, Ctrl+L)")
                 return
             params["suitePath"] = path  # every task of it
+        state.follow_run()  # the cursor goes with the run from now on
         state.say("starting…")
 
         async def job() -> None:
@@ -306,6 +340,19 @@ class Hud:
             self.submit(stop_one)
             return
         params = {"runId": run.run_id} if run else {}
+        if self.state.stopping_for() is not None and run is not None:
+            # Forcing a stop that hangs: the run again, and each task still running.
+            running = [t.id for t in self.state.running()]
+            self.state.say(f"stopping again: the run and {len(running)} running task(s)")
+
+            async def force() -> None:
+                await self.call("stopTBRun", params)
+                for task_id in running:
+                    await self.call("stopTask", {"runId": run.run_id, "taskId": task_id})
+
+            self.submit(force)
+            return
+        self.state.stopping_since = self.state.clock()
         self.state.say("stopping: the running tasks are being killed…")
 
         async def job() -> None:
@@ -355,15 +402,18 @@ class Hud:
         self.submit(job)
 
     async def _compare(self, run_id: str, baseline_id: str) -> Comparison:
+        # Both sides' per-task results: the comparison shows tests-passed changes too.
+        self.state.baseline_report = report_from_wire(
+            await self.call("getRun", {"runId": baseline_id}))
+        if self.state.report is None or self.state.report.run_id != run_id:
+            self.state.report = report_from_wire(await self.call("getRun", {"runId": run_id}))
         try:
             result = await self.call("compareRuns", {"runId": run_id, "baselineId": baseline_id})
         except RpcError as exc:
             if exc.code != METHOD_NOT_FOUND:
                 raise
             # A daemon without compareRuns: the same comparison, from both reports.
-            now = report_from_wire(await self.call("getRun", {"runId": run_id}))
-            then = report_from_wire(await self.call("getRun", {"runId": baseline_id}))
-            return compare(now, then)
+            return compare(self.state.report, self.state.baseline_report)
         return read(result, Comparison)
 
     async def _refresh_history(self) -> None:

@@ -33,6 +33,9 @@ class Actions(Protocol):
     def compare(self) -> None: ...
 
 
+SIDEWAYS = 20  # columns per ← → while long lines are not wrapped
+
+
 def make_key_bindings(state: HudState, ui: HudLayout, actions: Actions) -> KeyBindings:
     kb = KeyBindings()
     typing = has_focus(ui.path_field)
@@ -86,26 +89,32 @@ def make_key_bindings(state: HudState, ui: HudLayout, actions: Actions) -> KeyBi
     def _page_down(event: KeyPressEvent) -> None:
         state.scroll_output(-page())
 
-    @kb.add("escape", filter=~confirming)
+    # Eager: Esc acts at once rather than waiting to see whether it starts an Alt+key.
+    @kb.add("escape", filter=~confirming, eager=True)
     def _escape(event: KeyPressEvent) -> None:
         if state.show_help:
             state.show_help = False
         elif typing():
-            event.app.layout.focus(ui.task_window)
+            pass
         elif state.comparison is not None or state.report is not None:
             state.comparison = state.report = None
         else:
             state.notice = None
+        # Whatever closed, the keys go back to the task list (never stuck in the history).
+        event.app.layout.focus(ui.task_window)
 
     # -- single letters, outside the path field ------------------------------------------
     @kb.add("?", filter=commands)
     def _help(event: KeyPressEvent) -> None:
         state.show_help = not state.show_help
+        if not state.show_help:
+            event.app.layout.focus(ui.task_window)
 
     @kb.add("q", filter=commands)
     def _quit(event: KeyPressEvent) -> None:
         if state.show_help:
             state.show_help = False
+            event.app.layout.focus(ui.task_window)
         else:
             actions.quit()
 
@@ -147,11 +156,7 @@ def make_key_bindings(state: HudState, ui: HudLayout, actions: Actions) -> KeyBi
 
     @kb.add("f", filter=commands)
     def _follow_running(event: KeyPressEvent) -> None:
-        state.follow_running = True
-        running = state.running()
-        if running:
-            state.move_to(running[0].id)
-        state.follow()
+        state.follow_run()
 
     @kb.add("end", filter=commands)
     def _follow_output(event: KeyPressEvent) -> None:
@@ -159,7 +164,19 @@ def make_key_bindings(state: HudState, ui: HudLayout, actions: Actions) -> KeyBi
 
     @kb.add("home", filter=commands)
     def _oldest(event: KeyPressEvent) -> None:
-        state.scroll_output(10**9)
+        state.scroll_output(10**9)  # the drawing stops it at the first line
+
+    @kb.add("w", filter=commands)
+    def _wrap(event: KeyPressEvent) -> None:
+        state.toggle_wrap()
+
+    @kb.add("right", filter=commands)
+    def _right(event: KeyPressEvent) -> None:
+        state.scroll_sideways(SIDEWAYS)
+
+    @kb.add("left", filter=commands)
+    def _left(event: KeyPressEvent) -> None:
+        state.scroll_sideways(-SIDEWAYS)
 
     @kb.add("h", filter=commands)
     def _history(event: KeyPressEvent) -> None:
@@ -168,6 +185,14 @@ def make_key_bindings(state: HudState, ui: HudLayout, actions: Actions) -> KeyBi
             event.app.layout.focus(ui.history_window)
         elif in_history():
             event.app.layout.focus(ui.task_window)
+
+    @kb.add("c", filter=commands & ~in_history)
+    def _group(event: KeyPressEvent) -> None:
+        state.toggle_group()
+
+    @kb.add("enter", filter=commands & ~in_history & ~typing)
+    def _fold(event: KeyPressEvent) -> None:
+        state.toggle_fold()
 
     @kb.add("enter", filter=commands & in_history)
     def _open(event: KeyPressEvent) -> None:
@@ -179,5 +204,14 @@ def make_key_bindings(state: HudState, ui: HudLayout, actions: Actions) -> KeyBi
 
     @kb.add("p", filter=commands)
     def _edit_path(event: KeyPressEvent) -> None:
+        # The whole path selected, as a browser's address bar: typing replaces it, the
+        # arrows keep it.
+        buffer = ui.path_field.buffer
         event.app.layout.focus(ui.path_field)
+        buffer.cursor_position = 0
+        if buffer.text:
+            buffer.start_selection()
+            assert buffer.selection_state is not None
+            buffer.selection_state.enter_shift_mode()
+            buffer.cursor_position = len(buffer.text)
     return kb

@@ -50,7 +50,7 @@ from prompt_toolkit.widgets import Button, Frame, TextArea
 
 from client.hud.state import STATUS_ICONS, HudState
 from client.render import duration
-from protocol.fold import Task
+from protocol.fold import DONE, Task
 
 if TYPE_CHECKING:
     from client.hud.keys import Actions
@@ -72,6 +72,7 @@ STYLE = Style.from_dict({
     "header.focused": "bold reverse",
     "cursor": "reverse",
     "dim": "fg:ansibrightblack",
+    "stale": "fg:ansibrightblack",
     "success": "fg:ansigreen",
     "failure": "fg:ansired",
     "timeout": "fg:ansiyellow",
@@ -101,13 +102,15 @@ HELP = [
     ("↑ ↓ j k", "move in the task list / the history"),
     ("space", "check or uncheck the task"),
     ("a  n", "check all / none"),
-    ("f", "follow the running task again"),
+    ("c", "group the tasks by category (Enter/space folds one)"),
+    ("f", "follow the run again (the cursor goes with the running task)"),
     ("PgUp PgDn", "scroll the output back / forward"),
-    ("End", "follow new output again"),
+    ("Home End", "the first output line / follow new output again"),
+    ("w  ← →", "wrap long lines on/off; scroll sideways when off"),
     ("h", "show or hide the run history"),
     ("Enter", "history: open the run's per-task results"),
     ("b", "history: compare the opened run with this one"),
-    ("p", "edit the suite path"),
+    ("p", "edit the suite path (selected: typing replaces it)"),
     ("Esc", "close help / the opened run; leave the field"),
     ("?", "this help"),
     ("q  Ctrl+C", "quit (the daemon keeps running)"),
@@ -125,7 +128,9 @@ def is_wide() -> bool:
 
 
 def left_width(columns: int) -> int:
-    return 58 if columns >= WIDE_COLUMNS else max(30, min(38, columns * 45 // 100))
+    """The task column's share of the width: 45%, so that wide screens widen both sides."""
+    return max(30, columns * 45 // 100) if columns >= WIDE_COLUMNS else \
+        max(30, min(38, columns * 45 // 100))
 
 
 def fit(text: str, width: int) -> str:
@@ -142,6 +147,25 @@ def fit(text: str, width: int) -> str:
         out.append(ch)
         used += w
     return "".join(out) + "…"
+
+
+def shorten(text: str, width: int) -> str:
+    """Cut in the middle (`slow-…int-4`): task names differ at their ends, often by a
+    number, and the end must stay readable."""
+    if width <= 0:
+        return ""
+    if get_cwidth(text) <= width:
+        return text
+    if width < 6:
+        return fit(text, width)
+    tail_w = (width - 1) // 2
+    head = fit(text, width - tail_w)[:-1]  # fit marks its cut: replaced by the one below
+    tail, used = "", 0
+    for ch in reversed(text):
+        if used + get_cwidth(ch) > tail_w:
+            break
+        tail, used = ch + tail, used + get_cwidth(ch)
+    return head + "…" + tail
 
 
 def pad(text: str, width: int) -> str:
@@ -170,8 +194,12 @@ def title_text(state: HudState, width: int) -> StyleAndTextTuples:
         if state.daemon_version:
             link += f"  daemon {state.daemon_version}"
     elif state.link == "reconnecting":
-        why = f": {state.link_error}" if state.link_error else ""
-        style, link = "class:title.bad", f"◌ reconnecting… attempt {state.attempt}{why}"
+        # What the user can act on, not the exception: "daemon stopped — retrying in 2 s".
+        wait = state.retry_in()
+        when = f"retrying in {wait:.0f} s" if wait is not None and wait >= 0.5 else \
+            "reconnecting…"
+        style, link = "class:title.bad", \
+            f"◌ {state.link_error or 'connection lost'} — {when} (attempt {state.attempt})"
     elif state.link == "failed":
         style, link = "class:title.bad", f"✗ disconnected by an error: {state.link_error}"
     else:
@@ -182,34 +210,90 @@ def title_text(state: HudState, width: int) -> StyleAndTextTuples:
     return [("class:title", head), (style, link), ("class:title", " " * gap + right)]
 
 
-def task_line(state: HudState, view: Task, width: int, selected: bool) -> StyleAndTextTuples:
+def category_width(state: HudState, width: int) -> int:
+    """Full categories when there is room (wide screens), else 8 cells of them."""
+    longest = max((get_cwidth(t.category) for t in state.tasks.values()), default=8)
+    room = width - 7 - 20 - 1 - 7 - (8 if width >= 50 else 0)  # a 20-cell name first
+    return max(8, min(longest, room))
+
+
+def highlight(line: StyleAndTextTuples) -> StyleAndTextTuples:
+    """The whole row of the selection stands out, not only its marker."""
+    return [(f"{style} class:cursor", text) for style, text, *_ in line]
+
+
+def task_line(state: HudState, view: Task, width: int, selected: bool,
+              cat_w: int = 8) -> StyleAndTextTuples:
     box = "[x]" if view.id in state.checked else "[ ]" if view.in_suite else " - "
     icon = STATUS_ICONS.get(view.status or "", " ")
     wide = width >= 50
-    diff_w, cat_w = 6, (12 if wide else 8)
-    time_w = 7 if wide else 0
-    name_w = max(6, width - 2 - 3 - 3 - cat_w - 1 - diff_w - (time_w + 1 if wide else 0))
+    diff_w, time_w = 6, (7 if wide else 0)
+    tail_w = cat_w + 1 + diff_w + (time_w + 1 if wide else 0)
+    name_w = max(6, width - 7 - 1 - tail_w)
     line: StyleAndTextTuples = [
             ("class:cursor" if selected else "", "▸" if selected else " "),
             ("", box + " "), (_status_style(view.status), icon + " "),
-            ("", pad(view.name, name_w) + " "), ("class:dim", pad(view.category, cat_w) + " "),
-            ("class:dim", pad(view.difficulty, diff_w))]
-    if wide:
-        ms = state.elapsed_ms(view) if view.status not in (None, "pending") else None
-        line.append(("class:dim", " " + (duration(ms) if ms is not None else "").rjust(time_w)))
-    return line
+            ("", pad(shorten(view.name, name_w), name_w) + " ")]
+    if view.status == "running":
+        # A running task says what it does and for how long in its own row.
+        clock_text = clock(state.elapsed_ms(view))
+        phase = fit(view.phase_text().replace("verification", "verify"),
+                    tail_w - len(clock_text) - 1)
+        line.append(("class:running", phase.rjust(tail_w - len(clock_text) - 1) + " "
+                     + clock_text))
+    else:
+        line += [("class:dim", pad(view.category, cat_w) + " "),
+                 ("class:dim", pad(view.difficulty, diff_w))]
+        if wide:
+            ms = state.elapsed_ms(view) if view.status not in (None, "pending") else None
+            line.append(("class:dim", " " + (duration(ms) if ms is not None else "")
+                         .rjust(time_w)))
+    return highlight(line) if selected else line
 
 
-def tasks_text(state: HudState, width: int) -> StyleAndTextTuples:
-    out: StyleAndTextTuples = []
-    views = state.task_list()
-    if not views:
-        return [("class:dim", " no suite loaded: Ctrl+L loads the path above")]
-    for index, view in enumerate(views):
-        if index:
-            out.append(("", "\n"))
-        out.extend(task_line(state, view, width, index == state.cursor))
-    return out
+def category_line(state: HudState, category: str, width: int,
+                  selected: bool) -> StyleAndTextTuples:
+    """A category's row when grouped: `▾ data-processing 3/5 ✓2 ✗1` (done/total)."""
+    tasks = [t for t in state.tasks.values() if t.category == category]
+    statuses = [t.status for t in tasks]
+    done = sum(status in DONE for status in statuses)
+    passed = statuses.count("success")
+    failed = done - passed
+    head = f"{'▸' if category in state.folded else '▾'} "
+    counts = f" {done}/{len(tasks)} ✓{passed} ✗{failed}"
+    line: StyleAndTextTuples = [
+        ("bold", head + shorten(category, max(6, width - 2 - len(counts)))),
+        ("class:dim", counts)]
+    return highlight(line) if selected else line
+
+
+def task_rows(state: HudState, width: int) -> tuple[list[StyleAndTextTuples], int]:
+    """The task list's rows and the row of the cursor."""
+    if not state.tasks:
+        return [[("class:dim", " no suite loaded: Ctrl+L loads the path above")]], 0
+    cat_w = category_width(state, width)
+    current = state.current()
+    rows = state.rows()
+    cursor = state.cursor_row(rows)
+    return [category_line(state, key, width, index == cursor) if kind == "category" else
+            task_line(state, state.tasks[key], width,
+                      index == cursor and state.tasks[key] is current, cat_w)
+            for index, (kind, key) in enumerate(rows)], cursor
+
+
+def visible_rows(rows: list[StyleAndTextTuples], cursor: int, top: int,
+                 height: int) -> tuple[list[StyleAndTextTuples], int]:
+    """The rows a list of `height` shows, keeping the cursor in view and saying how many
+    rows lie below (`↓ 4 more`); and the new first row."""
+    if len(rows) <= height or height < 2:
+        return rows[:max(height, 1)], 0
+    top = min(max(top, cursor - (height - 2)), cursor)
+    top = max(0, min(top, len(rows) - height))
+    if top + height >= len(rows):
+        return rows[top:], top
+    shown = rows[top:top + height - 1]
+    more = len(rows) - top - len(shown)
+    return [*shown, [("class:dim", f"  ↓ {more} more")]], top
 
 
 def bar(fraction: float, width: int) -> StyleAndTextTuples:
@@ -229,7 +313,9 @@ def progress_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
         lines.append([("bold", fit(head, width)), ("class:dim", fit(tail, width - len(head)))])
     else:
         lines.append([("bold", fit(head, width))])
-    fraction = counts.done / counts.total if counts.total else 0.0
+    # Stopped tasks did not finish: a stopped run's bar shows what really got done.
+    stopped = sum(1 for t in state.board.run_tasks() if t.error == "stopped")
+    fraction = (counts.done - stopped) / counts.total if counts.total else 0.0
     bar_w = max(4, width - 8)
     lines.append([*bar(fraction, bar_w), ("", f" {fraction * 100:5.1f}%")])
     count_line: StyleAndTextTuples = [
@@ -256,16 +342,22 @@ def progress_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
     else:
         more = 0
     if not running:
+        unfinished = any(t.status in ("pending", "running") for t in state.board.run_tasks())
         if state.is_running():
             note = "waiting for a free slot"
+        elif state.run_complete is not None and state.run_complete.status == "stopped":
+            note = "stopped"
+        elif unfinished:
+            note = "interrupted: tasks never finished"
         else:
             note = "finished" if counts.total else "idle"
         lines.append([("class:dim", note)])
     for view in running:
-        turn = f" | Turn {view.turn}" if view.turn is not None else ""
+        # Agents without turns (oracle, command) report none or 0: no "Turn 0" for them.
+        turn = f" | Turn {view.turn}" if view.turn else ""
         tail = f" ({view.phase_text()}){turn} | {clock(state.elapsed_ms(view))}"
-        # Cut the name, never the clock.
-        name = fit(view.name, max(4, width - 2 - len(tail)))
+        # Cut the name in the middle, never the clock.
+        name = shorten(view.name, max(6, width - 2 - len(tail)))
         lines.append([("class:running", "▶ "), ("", fit(name + tail, width - 2))])
     if more:
         lines.append([("class:dim", f"  … and {more} more running")])
@@ -281,15 +373,11 @@ def join_lines(lines: list[StyleAndTextTuples]) -> StyleAndTextTuples:
     return out
 
 
-def human_bytes(n: int | None) -> str:
+def mib(n: int | None) -> str:
+    """Bytes in MiB, the unit of every memory figure on screen (limits included)."""
     if n is None:
         return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
+    return f"{n / 2**20:.1f} MiB" if n < 100 * 2**20 else f"{n / 2**20:.0f} MiB"
 
 
 def container_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
@@ -298,15 +386,31 @@ def container_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
     if box is None:
         return [[("class:dim", "no container for this task")]]
     cpus = f"{box.cpus:g} cpu" if box.cpus is not None else "- cpu"
-    mem = f"{box.memory_mb} MB" if box.memory_mb is not None else "- MB"
+    # One unit for every memory figure: MiB (Docker's limits are in bytes, tasks say MB).
+    mem = f"{box.memory_mb} MiB" if box.memory_mb is not None else "- MiB"
     state_note = " (removed)" if box.stopped else ""
-    use_mem = human_bytes(box.memory_bytes)
+    use_mem = mib(box.memory_bytes)
     if box.memory_limit_bytes:
-        use_mem += f" / {human_bytes(box.memory_limit_bytes)}"
+        use_mem += f" / {mib(box.memory_limit_bytes)}"
     cpu = f"{box.cpu_percent:.1f}%" if box.cpu_percent is not None else "-"
+    # A removed container's figures are the last ones seen, not live ones.
+    usage = ("class:dim", fit(f"last seen: cpu {cpu}  mem {use_mem}", width)) if box.stopped \
+        else ("", fit(f"cpu {cpu}  mem {use_mem}", width))
     return [[("", fit(f"image {box.image}", width))],
             [("", fit(f"id {box.container_id[:12]}{state_note}  {cpus}, {mem}", width))],
-            [("", fit(f"cpu {cpu}  mem {use_mem}", width))]]
+            [usage]]
+
+
+def task_numbers(view: Task) -> list[str]:
+    """The figures known so far: tests passed, tokens, cost (none for agents without)."""
+    out = []
+    if view.tests_total is not None:
+        out.append(f"tests {view.tests_passed or 0}/{view.tests_total}")
+    if view.tokens:
+        out.append(f"{view.tokens:,} tok")
+    if view.cost_usd is not None:
+        out.append(f"${view.cost_usd:.2f}")
+    return out
 
 
 def output_header(state: HudState, width: int) -> StyleAndTextTuples:
@@ -315,17 +419,43 @@ def output_header(state: HudState, width: int) -> StyleAndTextTuples:
         return [("class:header", pad("Output", width))]
     where = f" ({view.phase_text()})" if view.status == "running" and view.phase else \
         f" [{view.status}]" if view.status else ""
-    mode = "following" if state.scroll == 0 else f"↑{state.scroll} lines, End follows"
+    where += "".join(f" · {n}" for n in task_numbers(view))
+    # "following" only while the output on screen is a running task's, and the cursor
+    # goes with the run.
+    if state.scroll:
+        mode = f"↑{state.scroll} lines, End follows"
+    elif state.follow_running and view.status == "running":
+        mode = "following"
+    elif state.is_running():
+        mode = "f follows the run"
+    else:
+        mode = ""
+    if not state.wrap:
+        mode = f"nowrap →{state.hscroll} " + mode if state.hscroll else "nowrap " + mode
     left = fit(f"Output: {view.name}{where}", max(1, width - len(mode) - 1))
     return [("class:header", left), ("", " " * max(1, width - get_cwidth(left) - len(mode))),
             ("class:dim", mode)]
+
+
+def _line_rows(state: HudState, source: str, text: str,
+               text_w: int) -> list[StyleAndTextTuples]:
+    text = _ANSI.sub("", text.replace("\t", "    "))
+    if state.wrap:
+        chunks = [text[i:i + text_w] for i in range(0, len(text), text_w)] or [""]
+    else:  # one row per line, `hscroll` columns cut on the left
+        chunks = [text[state.hscroll:state.hscroll + text_w]]
+    style = f"class:out.{source}"
+    tag = SOURCE_TAGS.get(source, "?")
+    return [[("class:out.tag", (tag if n == 0 else " ") + " "), (style, chunk)]
+            for n, chunk in enumerate(chunks)]
 
 
 def output_rows(state: HudState, width: int, height: int) -> list[StyleAndTextTuples]:
     """The rows of the output pane: the newest lines (or `scroll` lines back), wrapped.
 
     Works backwards from the last visible line, so a redraw costs what is on screen, never
-    the 5,000 lines kept."""
+    the 5,000 lines kept. Scrolled back past the first line, the first line stays at the
+    top (as in `less`) and `state.scroll` is brought back to where that happens."""
     view = state.current()
     if view is None or height <= 0:
         return []
@@ -335,19 +465,33 @@ def output_rows(state: HudState, width: int, height: int) -> list[StyleAndTextTu
         return [[("class:dim", note)]]
     text_w = max(1, width - 2)
     rows: list[StyleAndTextTuples] = []
-    index = len(lines) - 1 - state.scroll
+    scrolled = state.scroll > 0
+    last = len(lines) - 1 - min(state.scroll, len(lines) - 1)
+    index = last
     while index >= 0 and len(rows) < height:
-        source, text = lines[index]
-        text = _ANSI.sub("", text.replace("\t", "    "))
-        chunks = [text[i:i + text_w] for i in range(0, len(text), text_w)] or [""]
-        style = f"class:out.{source}"
-        tag = SOURCE_TAGS.get(source, "?")
-        wrapped: list[StyleAndTextTuples] = [
-            [("class:out.tag", (tag if n == 0 else " ") + " "), (style, chunk)]
-            for n, chunk in enumerate(chunks)]
-        rows[:0] = wrapped
+        rows[:0] = _line_rows(state, *lines[index], text_w)
         index -= 1
-    return rows[-height:]
+    # At the top with room left: fill forward, so the screen is never short of lines.
+    while len(rows) < height and last + 1 < len(lines) and scrolled:
+        last += 1
+        rows.extend(_line_rows(state, *lines[last], text_w))
+    state.scroll = min(state.scroll, len(lines) - 1 - last)
+    return rows[:height] if scrolled and index < 0 else rows[-height:]
+
+
+def run_label(agent: str | None, suite: str, timestamp: str) -> str:
+    """How a run is named on screen, the same everywhere: `oracle · tasks · 03:13`."""
+    return " · ".join(part for part in (agent, suite, timestamp[11:16]) if part)
+
+
+def label_of(state: HudState, run_id: str) -> str:
+    for run in state.history:
+        if run.run_id == run_id:
+            return run_label(run.agent, run.suite_name, run.timestamp)
+    for report in (state.report, state.baseline_report):
+        if report is not None and report.run_id == run_id:
+            return run_label(report.agent, report.suite_name, report.timestamp)
+    return run_id
 
 
 def history_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
@@ -358,15 +502,27 @@ def history_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
         selected = index == state.history_cursor
         mark = "b" if run.run_id == state.baseline_id else " "
         opened = "*" if state.report is not None and state.report.run_id == run.run_id else " "
-        # Most telling first, so that a narrow pane cuts the least useful part: the start
-        # time (date and full id come last, and in the opened run's header).
-        text = (f"{run.timestamp[11:16]} {run.pass_rate:>4.0%} {run.passed}/{run.task_count} "
-                f"{run.status or '':<9} {duration(run.total_duration_ms):>6} "
-                f"✗{run.failed} ⏱{run.timeout} !{run.error}  {run.suite_name}  "
-                f"{run.agent or ''}  {run.timestamp[:10]}  {run.run_id}")
-        out.append([("class:cursor" if selected else "", "▸" if selected else " "),
-                    ("bold", mark + opened), ("", fit(text, width - 3))])
+        # The counts first and whole; then which run it was (agent, suite, start time),
+        # cut in the middle if it must; the rest only where there is room.
+        counts = (f"{run.pass_rate:>4.0%} {run.passed}/{run.task_count} "
+                  f"{run.status or '':<9} {duration(run.total_duration_ms):>6}  ")
+        label_w = max(8, width - 4 - get_cwidth(counts))  # and one cell for the cut mark
+        label = shorten(run_label(run.agent, run.suite_name, run.timestamp), label_w)
+        rest = f"  ✗{run.failed} ⏱{run.timeout} !{run.error}  {run.timestamp[:10]}  {run.run_id}"
+        line: StyleAndTextTuples = [
+            ("class:cursor" if selected else "", "▸" if selected else " "),
+            ("bold", mark + opened), ("", fit(counts + label + rest, width - 3))]
+        out.append(highlight(line) if selected else line)
     return out
+
+
+# The order of a comparison's tasks: what got worse first.
+CHANGE_ORDER = {"regressed": 0, "improved": 1, "added": 2, "removed": 3, "unchanged": 4}
+NOISE_MS = 100  # time differences below this are noise, not shown
+
+
+def _tests(passed: int | None, total: int | None) -> str | None:
+    return f"{passed}/{total}" if total is not None else None
 
 
 def detail_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
@@ -379,24 +535,42 @@ def detail_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
             after is not None else ""
         sign = "+" if cmp.duration_delta_ms >= 0 else "-"
         out: list[StyleAndTextTuples] = [
-            [("class:header", fit(f"{cmp.run_id} vs baseline {cmp.baseline_id}", width))],
-            [("", fit(f"pass rate {cmp.baseline_pass_rate:.1%} → {cmp.pass_rate:.1%} "
-                      f"({cmp.pass_rate_delta * 100:+.1f} pts)  time {span}"
-                      f"({sign}{duration(abs(cmp.duration_delta_ms))})", width))],
-            [("class:improved", f"↑ {cmp.improved} improved  "),
-             ("class:regressed", f"↓ {cmp.regressed} regressed  "),
-             ("", fit(f"= {cmp.unchanged} unchanged"
-                      + (f"  +{cmp.added} added" if cmp.added else "")
-                      + (f"  -{cmp.removed} removed" if cmp.removed else ""), width))]]
-        for t in cmp.tasks:
+            [("class:header", fit(f"run      {label_of(state, cmp.run_id)}", width))],
+            [("class:header", fit(f"baseline {label_of(state, cmp.baseline_id)}", width))]]
+        if cmp.improved + cmp.regressed + cmp.unchanged == 0:
+            # A pass-rate change over tasks that only one side ran would mean nothing.
+            out.append([("class:regressed", fit("the two runs share no task: nothing to "
+                                                "compare", width))])
+        else:
+            delta = f"({sign}{duration(abs(cmp.duration_delta_ms))})" \
+                if abs(cmp.duration_delta_ms) >= NOISE_MS else "(same)"
+            out.append([("", fit(f"pass rate {cmp.baseline_pass_rate:.1%} → "
+                                 f"{cmp.pass_rate:.1%} ({cmp.pass_rate_delta * 100:+.1f} pts)"
+                                 f"  time {span}{delta}", width))])
+        out.append([("class:improved", f"↑ {cmp.improved} improved  "),
+                    ("class:regressed", f"↓ {cmp.regressed} regressed  "),
+                    ("", fit(f"= {cmp.unchanged} unchanged"
+                             + (f"  +{cmp.added} added" if cmp.added else "")
+                             + (f"  -{cmp.removed} removed" if cmp.removed else ""), width))])
+        tests_now = {r.task_id: _tests(r.tests_passed, r.tests_total)
+                     for r in (state.report.tasks if state.report is not None
+                               and state.report.run_id == cmp.run_id else [])}
+        tests_then = {r.task_id: _tests(r.tests_passed, r.tests_total)
+                      for r in (state.baseline_report.tasks if state.baseline_report
+                                is not None and state.baseline_report.run_id == cmp.baseline_id
+                                else [])}
+        for t in sorted(cmp.tasks, key=lambda t: CHANGE_ORDER.get(t.change, 9)):
             arrow = {"improved": "↑", "regressed": "↓", "added": "+", "removed": "-"}.get(
                 t.change, "=")
             delta = ""
-            if t.duration_delta_ms is not None:
+            if t.duration_delta_ms is not None and abs(t.duration_delta_ms) >= NOISE_MS:
                 delta = f"  {'+' if t.duration_delta_ms >= 0 else '-'}" \
                         f"{duration(abs(t.duration_delta_ms))}"
+            then, now = tests_then.get(t.task_id), tests_now.get(t.task_id)
+            tests = f"  tests {then or '?'} → {now or '?'}" if (then or now) and \
+                then != now else ""
             text = (f"{t.task_id}: {t.baseline_outcome or 'not run'} → "
-                    f"{t.outcome or 'not run'}{delta}")
+                    f"{t.outcome or 'not run'}{tests}{delta}")
             out.append([(f"class:{t.change}", f"{arrow} "), ("", fit(text, width - 2))])
         return out
     report = state.report
@@ -421,11 +595,19 @@ def detail_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
 
 
 def status_text(state: HudState, width: int) -> StyleAndTextTuples:
+    stopping = state.stopping_for()
+    if state.confirm_stop and stopping is not None and state.stop_task_id is None:
+        return [("class:confirm", pad(f" Still stopping after {stopping:.0f} s. Force? y: stop "
+                                      "every task again   any other key: wait", width))]
     if state.confirm_stop:
         run = state.run.run_id if state.run else "the run"
         if state.stop_task_id is not None:
             run = f"task {state.stop_task_id}"
         return [("class:confirm", pad(f" Stop {run}? y: stop   any other key: cancel", width))]
+    if stopping is not None:
+        # Never idle-looking while a stop is pending: it counts until the run ends.
+        return [("class:confirm", pad(f" stopping… {stopping:.0f} s   (Ctrl+X again to force)",
+                                      width))]
     notice = state.notice_text()
     if notice:
         return [("class:notice", pad(" " + notice, width))]
@@ -457,6 +639,21 @@ class OutputControl(UIControl):
         return False
 
 
+class TaskListControl(UIControl):
+    """The task list: scrolls itself to keep the cursor in view and says what lies below."""
+
+    def __init__(self, state: HudState, width: Callable[[], int]) -> None:
+        self.state, self.width, self.top = state, width, 0
+
+    def create_content(self, width: int, height: int) -> UIContent:
+        rows, cursor = task_rows(self.state, self.width())
+        rows, self.top = visible_rows(rows, cursor, self.top, height)
+        return UIContent(get_line=lambda i: rows[i], line_count=len(rows), show_cursor=False)
+
+    def is_focusable(self) -> bool:
+        return True
+
+
 def _text_window(get_text: Callable[[], StyleAndTextTuples], **kwargs: object) -> Window:
     return Window(FormattedTextControl(get_text), **kwargs)  # type: ignore[arg-type]
 
@@ -485,11 +682,7 @@ class HudLayout:
         self.all_button = Button("All", handler=state.check_all, width=5)
         self.none_button = Button("None", handler=state.check_none, width=6)
 
-        self.task_window = Window(
-            FormattedTextControl(lambda: tasks_text(state, col_width()), focusable=True,
-                                 show_cursor=False,
-                                 get_cursor_position=lambda: Point(0, state.cursor)),
-            scroll_offsets=None, wrap_lines=False)
+        self.task_window = Window(TaskListControl(state, col_width), wrap_lines=False)
         self.history_window = Window(
             FormattedTextControl(lambda: join_lines(history_lines(state, right_width())),
                                  focusable=True, show_cursor=False,
@@ -508,13 +701,16 @@ class HudLayout:
             # The header of the list that has the keyboard stands out.
             def get() -> StyleAndTextTuples:
                 focused = get_app().layout.has_focus(window)
-                return [("class:header.focused" if focused else "class:header", text)]
+                return [("class:header.focused", f"▶ {text} ") if focused else
+                        ("class:header", text)]
             return get
 
         def tasks_header() -> StyleAndTextTuples:
             selected = len(state.selected_ids())
             total = sum(1 for t in state.tasks.values() if t.in_suite)
-            return header(self.task_window, f"Tasks {selected}/{total}")()
+            name = f" · {state.suite.name}" if state.suite is not None else ""
+            return [*header(self.task_window, f"Tasks {selected}/{total}")(),
+                    ("class:dim", fit(name, max(0, col_width() - 25)))]
 
         left = HSplit([
             VSplit([_text_window(tasks_header, width=Dimension(min=9)),
@@ -557,7 +753,9 @@ class HudLayout:
                     self.path_field, Window(width=1),
                     self.load_button, Window(width=1), self.start_button, Window(width=1),
                     self.stop_button], height=1),
-            VSplit([left, Window(width=1, char="│", style="class:dim"), right]),
+            # Stale while the link is down: dimmed until the resync redraws the truth.
+            VSplit([left, Window(width=1, char="│", style="class:dim"), right],
+                   style=lambda: "" if state.link == "connected" else "class:stale"),
             _text_window(lambda: status_text(state, screen_size()[0]), height=1),
         ])
         help_float = Float(ConditionalContainer(

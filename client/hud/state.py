@@ -61,6 +61,7 @@ class HudState:
     link: str = "connecting"  # connecting | connected | reconnecting | failed
     attempt: int = 0  # reconnection attempts since the link was lost
     link_error: str | None = None
+    retry_at: float | None = None  # when the next reconnection attempt comes (clock)
     daemon_version: str | None = None
 
     # -- what the daemon owns: suite, run, tasks (suite order, then run-only), history --
@@ -71,15 +72,25 @@ class HudState:
     cursor: int = 0  # index into `tasks`: the task whose output and container are shown
     follow_running: bool = True  # the cursor jumps to a task when it starts
     scroll: int = 0  # output lines scrolled back from the newest; 0 follows new lines
+    wrap: bool = True  # long output lines wrap; when off, `hscroll` columns are cut left
+    # The task list grouped by category (`c`), with folded categories; the cursor may sit on
+    # a category's row (`on_category`), the output still showing the task at `cursor`.
+    group: bool = False
+    folded: set[str] = attrs.Factory(set)
+    on_category: str | None = None
+    hscroll: int = 0
     history_cursor: int = 0
     report: RunReport | None = None  # a run opened from the history (Enter)
     baseline_id: str | None = None
     comparison: Comparison | None = None  # the opened run against the baseline
+    baseline_report: RunReport | None = None  # the baseline's per-task results
     show_help: bool = False
     show_history: bool = False
     confirm_stop: bool = False
     # While confirming: stop only this task (x) rather than the whole run (Ctrl+X).
     stop_task_id: str | None = None
+    # A stop of the whole run asked for and not yet over (clock): "stopping… 12 s".
+    stopping_since: float | None = None
     notice: str | None = None  # one line: the last error or what just happened
     notice_at: float = 0.0
 
@@ -147,9 +158,17 @@ class HudState:
 
     def connected(self) -> None:
         self.link, self.attempt, self.link_error = "connected", 0, None
+        self.retry_at = None
 
-    def lost(self, attempt: int, error: str) -> None:
+    def lost(self, attempt: int, error: str, retry_in: float | None = None) -> None:
         self.link, self.attempt, self.link_error = "reconnecting", attempt, error
+        self.retry_at = None if retry_in is None else self.clock() + retry_in
+
+    def retry_in(self) -> float | None:
+        """Seconds until the next reconnection attempt, while waiting for it."""
+        if self.retry_at is None:
+            return None
+        return max(0.0, self.retry_at - self.clock())
 
     def failed(self, error: str) -> None:
         """The link ended on a bug of ours: no reconnecting (it would fail the same way)."""
@@ -170,6 +189,9 @@ class HudState:
             case TBSuiteInfo():
                 self.set_suite(event)  # the fold's rows, then the user's selection
             case TBRunStart():
+                # Said for runs started by any client: the status line tells what runs.
+                self.say(f"run {event.run_id} started: {event.total_tasks} task(s), agent "
+                         f"{event.agent or '?'}")
                 self.scroll = 0
                 if self.follow_running and event.task_ids:
                     self.move_to(event.task_ids[0])
@@ -184,6 +206,7 @@ class HudState:
                         self.move_to(running[0].id)
             case TBRunComplete():
                 if self.run_complete is event:
+                    self.stopping_since = None
                     total = self.run.total_tasks if self.run else "?"
                     self.say(f"run {event.status or 'completed'}: {event.passed}/{total} "
                              f"passed in {duration(event.total_duration_ms)}")
@@ -208,6 +231,8 @@ class HudState:
         new_ids = [t.id for t in info.tasks]
         if new_ids != old_ids or not had_suite or old_path != info.path:
             self.checked = set(new_ids)  # a new suite starts with every task selected
+            if not self.is_running():
+                self.forget_run()
         else:
             self.checked &= set(new_ids)
         if current is not None and current.id in self.tasks:
@@ -216,11 +241,24 @@ class HudState:
             self.cursor = 0
         self.cursor = min(self.cursor, max(len(self.tasks) - 1, 0))
 
+    def forget_run(self) -> None:
+        """A new suite starts a clean view: the ended run's marks, counts and rows go (the
+        history keeps the run). A run still going on stays on screen."""
+        board = self.board
+        board.run = board.complete = board.started_at = None
+        board.tasks = {tid: t for tid, t in board.tasks.items() if t.in_suite}
+        for task in board.tasks.values():
+            task.status = None
+            task.container = None
+            task.output.clear()
+        self.scroll = self.cursor = 0
+
     def move_to(self, task_id: str) -> None:
         for index, tid in enumerate(self.tasks):
             if tid == task_id:
                 if index != self.cursor:
                     self.cursor, self.scroll = index, 0
+                self.on_category = None
                 return
 
     # -- snapshot ------------------------------------------------------------------------
@@ -246,20 +284,71 @@ class HudState:
             self.move_to(running[0].id)  # attaching mid-run: show what is going on
         shown = self.current()
         self.scroll = min(self.scroll, len(shown.output) if shown is not None else 0)
+        if not self.is_running():
+            self.stopping_since = None
+
+    def stopping_for(self) -> float | None:
+        """Seconds since the stop of the run was asked for, while it is still going on."""
+        if self.stopping_since is None or not self.is_running():
+            return None
+        return self.clock() - self.stopping_since
 
     # -- user actions (called by the key bindings) ---------------------------------------
 
     def say(self, text: str) -> None:
         self.notice, self.notice_at = text, self.clock()
 
+    def rows(self) -> list[tuple[str, str]]:
+        """The task list's rows: ("task", id), or grouped, ("category", name) before its
+        tasks unless folded."""
+        if not self.group:
+            return [("task", tid) for tid in self.tasks]
+        by_category: dict[str, list[str]] = {}
+        for task in self.tasks.values():
+            by_category.setdefault(task.category, []).append(task.id)
+        rows: list[tuple[str, str]] = []
+        for category, ids in by_category.items():
+            rows.append(("category", category))
+            if category not in self.folded:
+                rows += [("task", tid) for tid in ids]
+        return rows
+
+    def cursor_row(self, rows: list[tuple[str, str]]) -> int:
+        view = self.current()
+        if self.group and view is not None and self.on_category is None and \
+                view.category in self.folded:
+            return rows.index(("category", view.category))  # its task is folded away
+        key = ("category", self.on_category) if self.on_category is not None else \
+            ("task", view.id if view is not None else "")
+        return rows.index(key) if key in rows else 0
+
+    def toggle_group(self) -> None:
+        self.group, self.on_category = not self.group, None
+
+    def toggle_fold(self) -> bool:
+        """Fold or unfold the category under the cursor; False when it is on a task."""
+        if not self.group or self.on_category is None:
+            return False
+        self.folded ^= {self.on_category}
+        return True
+
     def move(self, delta: int) -> None:
-        if self.tasks:
+        if self.group and self.tasks:
+            rows = self.rows()
+            kind, key = rows[max(0, min(len(rows) - 1, self.cursor_row(rows) + delta))]
+            self.on_category = key if kind == "category" else None
+            if kind == "task":
+                self.cursor = list(self.tasks).index(key)
+            self.scroll, self.follow_running = 0, False
+        elif self.tasks:
             self.cursor = max(0, min(len(self.tasks) - 1, self.cursor + delta))
             self.scroll = 0
             self.follow_running = False  # the user chose; `f` gives control back
 
 
     def toggle_checked(self) -> None:
+        if self.toggle_fold():  # space on a category's row folds it
+            return
         view = self.current()
         if view is not None and view.in_suite:
             self.checked ^= {view.id}
@@ -271,9 +360,26 @@ class HudState:
         self.checked = set()
 
     def scroll_output(self, lines: int) -> None:
+        """Back (positive) or forward; the layout stops it where the first line is at the top
+        (as `less` does) and writes that back."""
         view = self.current()
         total = len(view.output) if view else 0
         self.scroll = max(0, min(total, self.scroll + lines))
+
+    def toggle_wrap(self) -> None:
+        self.wrap, self.hscroll = not self.wrap, 0
+
+    def scroll_sideways(self, columns: int) -> None:
+        if not self.wrap:
+            self.hscroll = max(0, self.hscroll + columns)
+
+    def follow_run(self) -> None:
+        """Follow the run again: the cursor goes to the first running task (Ctrl+T, f)."""
+        self.follow_running = True
+        running = self.running()
+        if running:
+            self.move_to(running[0].id)
+        self.follow()
 
     def follow(self) -> None:
         self.scroll = 0
