@@ -191,12 +191,13 @@ class TaskRun:
         task = self.task
         self.progress("verification")
         # The agent could have planted /tests or a reward file: start both from nothing.
-        await sandbox.exec(["sh", "-c", f"rm -rf /tests {VERIFIER_LOGS} && "
+        # Shells by absolute path: the agent (root) may have put others first on PATH.
+        await sandbox.exec(["/bin/sh", "-c", f"rm -rf /tests {VERIFIER_LOGS} && "
                             f"mkdir -p {VERIFIER_LOGS}"], user="0", on_line=self._system_line)
         await sandbox.put_files(task.test_files, "/tests")
         limit = task.verifier_timeout_sec * mult
         verified = await sandbox.exec(
-            ["bash", "/tests/test.sh"], user=task.verifier_user,
+            ["/bin/bash", "/tests/test.sh"], user=task.verifier_user,
             environment=task.verifier_env, timeout=limit,
             on_line=lambda _s, line: self.output(line, "verification"))
         verifier_overran = None

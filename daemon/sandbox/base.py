@@ -37,6 +37,15 @@ class SandboxError(RuntimeError):
     """An infrastructure failure (engine unreachable, image missing, copy failed); the task's
     outcome becomes `error` with this text."""
 
+    retryable = False  # whether the same task could succeed when tried again
+
+
+class EngineLost(SandboxError):
+    """The engine stopped answering (gone, or silent past a call's time limit): worth trying
+    again once it is back. Its text starts with "Docker engine lost"."""
+
+    retryable = True
+
 
 class BuildTimeout(SandboxError):
     """Preparing the image took longer than the task allows."""
@@ -128,6 +137,11 @@ class SandboxProvider(abc.ABC):
     async def create(self, task: TaskSpec, image: str, *, run_id: str) -> Sandbox:
         """Create and start `task`'s sandbox from `image`, with the task's limits, labelled
         with the run so that `remove_orphans` can find it."""
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Raise a SandboxError unless the engine answers now (a run is refused before it
+        starts); sandboxes it could not remove before (it was lost) are removed now."""
 
     @abc.abstractmethod
     async def remove_orphans(self) -> list[str]:

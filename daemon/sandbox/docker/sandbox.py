@@ -5,6 +5,7 @@ every process but the keeper, stats, removal. Every docker SDK call runs in a wo
 from __future__ import annotations
 
 import io
+import logging
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,33 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 import docker.errors
 
-from daemon.sandbox.base import LineHandler, Sandbox, Stats
+from daemon.sandbox.base import LineHandler, Sandbox, SandboxError, Stats
+from daemon.sandbox.docker.errors import DOCKER_FAILURES, failure
+from daemon.sandbox.docker.helper import KILL_ALL
 from daemon.sandbox.docker.streams import LineSplitter, pump, tar_of
 
 if TYPE_CHECKING:
     from daemon.sandbox.docker.provider import DockerSandboxes
 
-# Kill every process in the container except PID 1 and this shell, until none is left alive.
-# `kill -9 -1` from inside reaches processes that escaped with setsid/nohup/double fork;
-# ending the `docker exec` client would leave them running.
-KILL_ALL = r"""
-i=0
-while [ $i -lt 50 ]; do
-  kill -9 -1 2>/dev/null
-  alive=0
-  for d in /proc/[0-9]*; do
-    p=${d#/proc/}
-    [ "$p" = 1 ] && continue
-    [ "$p" = $$ ] && continue
-    read -r line < "$d/stat" 2>/dev/null || continue
-    s=${line##*) }; s=${s%% *}
-    [ "$s" = Z ] || [ "$s" = X ] || alive=1
-  done
-  [ $alive = 0 ] && exit 0
-  i=$((i+1))
-done
-exit 1
-"""
+log = logging.getLogger("tbhud.sandbox")
+
+# The in-container kill gets this long before the container itself is killed: a flood of
+# output can hold a `docker exec` for minutes.
+KILL_EXEC_SEC = 3
+KILL_CONTAINER_SEC = 10
 
 
 class DockerSandbox(Sandbox):
@@ -72,7 +60,10 @@ class DockerSandbox(Sandbox):
             for line in splitters[stream].feed(data):
                 on_line(stream, line)
 
-        await pump(produce, consume, limiter=self.provider.stream_limiter)
+        try:
+            await pump(produce, consume, limiter=self.provider.stream_limiter)
+        except (*DOCKER_FAILURES, OSError) as exc:
+            raise failure("the command's output stream broke", exc) from exc
         for stream, splitter in splitters.items():
             for line in splitter.flush():
                 on_line(stream, line)
@@ -80,22 +71,27 @@ class DockerSandbox(Sandbox):
         return int(info.get("ExitCode") or 0)
 
     async def kill_all(self) -> None:
+        """The helper's killall, by absolute path from its read-only mount (an agent cannot
+        replace it); when it fails or does not answer in KILL_EXEC_SEC, the container is
+        killed from outside and started again (its filesystem kept)."""
         api = self.provider.client.api
 
         def kill() -> int | None:
-            try:
-                exec_id = api.exec_create(self.id, ["sh", "-c", KILL_ALL], user="0")["Id"]
-                api.exec_start(exec_id)
-                code: int | None = api.exec_inspect(exec_id).get("ExitCode")
-                return code
-            except docker.errors.APIError:
-                return None  # e.g. no `sh` in the image: the restart below does it
+            exec_id = api.exec_create(self.id, KILL_ALL, user="0")["Id"]
+            api.exec_start(exec_id)
+            code: int | None = api.exec_inspect(exec_id).get("ExitCode")
+            return code
 
-        if await self.provider.call("cannot kill the processes", kill) != 0:
-            # No shell in the image, or something would not die: restarting the container
-            # kills every process in it and keeps its filesystem.
-            await self.provider.call("cannot restart the container", api.restart, self.id,
-                                     timeout=0)
+        try:
+            if await self.provider.call("cannot kill the processes", kill,
+                                        limit=KILL_EXEC_SEC) == 0:
+                return
+        except SandboxError as exc:
+            log.warning("container %s: %s; killing the container", self.id[:12], exc)
+        await self.provider.call("cannot kill the container", api.kill, self.id,
+                                 limit=KILL_CONTAINER_SEC)
+        await self.provider.call("cannot start the container again", api.start, self.id,
+                                 limit=KILL_CONTAINER_SEC)
 
     async def put_files(self, files: dict[str, bytes], dest: str) -> None:
         await self.provider.call(f"cannot copy files to {dest}", self.provider.client.api.
@@ -158,7 +154,12 @@ class DockerSandbox(Sandbox):
                 if "already in progress" not in str(exc):
                     raise
 
-        await self.provider.call("cannot remove the container", remove)
+        try:
+            await self.provider.call("cannot remove the container", remove)
+        except SandboxError:
+            self.provider.unremoved.add(self.id)  # tried again when the engine answers
+            raise
+        self.provider.unremoved.discard(self.id)
 
 
 def parse_stats(sample: dict[str, Any]) -> Stats | None:

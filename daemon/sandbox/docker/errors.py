@@ -1,0 +1,26 @@
+"""What the docker SDK raises, as SandboxErrors that say what we were doing."""
+
+from __future__ import annotations
+
+import docker.errors
+import requests
+
+from daemon.sandbox.base import EngineLost, SandboxError
+
+# What the docker SDK raises when the engine refuses or cannot be reached.
+DOCKER_FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+def failure(what: str, exc: BaseException) -> SandboxError:
+    """The SandboxError for a docker SDK failure: EngineLost when the engine cannot be
+    reached any more (retryable), the engine's own words otherwise."""
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                        OSError)):
+        return EngineLost(f"Docker engine lost: {what}: {reason(exc)}")
+    return SandboxError(f"{what}: {reason(exc)}")
+
+
+def reason(exc: BaseException) -> str:
+    """What the engine or the registry said, without the SDK's HTTP preamble."""
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation) if explanation else str(exc)
