@@ -3,17 +3,28 @@ and survives `kill -9 -1`, a verifier an agent cannot fake. Real Docker througho
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import docker
 import pytest
 import trio
 
 from daemon.engine.run import RunConfig
 from daemon.sandbox.docker.helper import HELPER
+from daemon.sandbox.docker.provider import LABEL
+from daemon.serving.process import Daemon
 from daemon.tasks.loader import load
-from protocol.events import TBTaskOutput
+from protocol.events import TBTaskComplete, TBTaskOutput, TBTaskProgress
+from protocol.rpc import RUN_FAILED
 from tests.conftest import Rig, make_task
+from tests.test_daemon import unix_peer
 
 pytestmark = pytest.mark.docker
 
@@ -80,3 +91,145 @@ async def test_a_fake_bash_or_helper_cannot_fake_the_verdict(rig: Rig, tmp_path:
     assert "HELPER-READ-ONLY" in lines and "HELPER-REPLACED" not in lines
     assert report.tasks[0].outcome == "failure", report.tasks[0].error
     assert report.tasks[0].reward == 0.0
+
+
+# -- a Docker engine of our own, to lose -------------------------------------------------------
+
+
+@attrs.define
+class Dockerd:
+    """A second dockerd with its own socket, data root, exec root and no bridge, which a test
+    may kill (-9) and start again; it holds the base image."""
+
+    root: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.root}/docker.sock"
+
+    def start(self) -> None:
+        log = open(self.root / "dockerd.log", "ab")
+        self.proc = subprocess.Popen(
+            ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
+             "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "pid"),
+             "--bridge", "none", "--iptables=false", "--ip-masq=false"],
+            stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 60  # bounded wait for it to answer
+        while True:
+            try:
+                self.client().ping()
+                return
+            except docker.errors.DockerException:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("the second dockerd did not start: "
+                                + (self.root / "dockerd.log").read_text()[-2000:])
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL dockerd and the containerd it started (a new dockerd would wait for it);
+        the containers' shims live on, as they do when an engine dies."""
+        assert self.proc is not None
+        containerd = int((self.root / "exec/containerd/containerd.pid").read_text())
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        os.kill(containerd, signal.SIGKILL)
+        deadline = time.monotonic() + 30  # bounded wait for it to be gone
+        while Path(f"/proc/{containerd}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+    def client(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.url, timeout=30)
+
+
+@pytest.fixture
+def dockerd(docker_client: docker.DockerClient) -> Iterator[Dockerd]:
+    # A short path: a Unix socket's path is limited to ~108 bytes.
+    engine = Dockerd(Path(tempfile.mkdtemp(prefix="tbhud-d2-")))
+    try:
+        engine.start()
+        image = b"".join(docker_client.images.get("tbhud/base:bookworm").save())
+        engine.client().images.load(image)
+        yield engine
+    finally:
+        try:
+            if engine.proc is not None and engine.proc.poll() is not None:
+                engine.start()  # killed by the test: back, to remove what it holds
+            for c in engine.client().containers.list(all=True):
+                c.remove(force=True)
+        finally:
+            engine.stop()
+            subprocess.run(["umount", "-R", str(engine.root / "data")], capture_output=True)
+            subprocess.run(["rm", "-rf", str(engine.root)], check=True)
+
+
+def offline_task(root: Path, name: str) -> Path:
+    # The second engine has no bridge: its tasks run without a network.
+    return make_task(root, name, test="echo 1 > /logs/verifier/reward.txt\n", toml="""\
+        [environment]
+        docker_image = "tbhud/base:bookworm"
+        allow_internet = false
+        """)
+
+
+async def test_a_lost_engine_ends_every_task_with_a_result_and_its_containers_go_later(
+        home: Path, dockerd: Dockerd, tmp_path: Path):
+    for name in ("lost-1", "lost-2"):
+        offline_task(tmp_path / "suite", name)
+    rig = Rig(home, dockerd.client())
+    suite = load(tmp_path / "suite")
+    config = RunConfig(agent="command", agent_options={"command": "sleep 300"}, concurrency=2)
+    holder = {}
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            async def go(task_status=trio.TASK_STATUS_IGNORED):
+                holder["report"] = await rig.engine.run(suite, list(suite.tasks), config,
+                                                        task_status=task_status)
+
+            await nursery.start(go)
+            for name in ("lost-1", "lost-2"):
+                await rig.wait_for(lambda e, n=name: isinstance(e, TBTaskProgress)
+                                   and e.task_id == n and e.phase == "agent")
+            dockerd.kill()
+    report = holder["report"]
+    assert report.status == "completed"
+    assert [r.outcome for r in report.tasks] == ["error", "error"]
+    assert all(r.error.startswith("Docker engine lost") for r in report.tasks), report.tasks
+    assert {e.task_id for e in rig.of_type(TBTaskComplete)} == {"lost-1", "lost-2"}
+    stored = rig.store.get_run(report.run_id)
+    assert stored is not None and stored.status == "completed" and len(stored.tasks) == 2
+    # Back again: the containers it could not remove go at the next check (a run's start).
+    dockerd.start()
+    mine = {"label": f"{LABEL}={rig.engine.sandboxes.instance}"}  # type: ignore[attr-defined]
+    assert dockerd.client().containers.list(all=True, filters=mine)
+    with trio.fail_after(LIMIT):
+        await rig.engine.sandboxes.check()
+    assert dockerd.client().containers.list(all=True, filters=mine) == []
+    rig.store.close()
+
+
+async def test_a_run_is_refused_while_the_engine_is_lost(
+        home: Path, dockerd: Dockerd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        nursery: trio.Nursery):
+    monkeypatch.setenv("DOCKER_HOST", dockerd.url)
+    from daemon.serving.process import Options, run_daemon
+
+    task = offline_task(tmp_path, "refused")
+    with trio.fail_after(LIMIT):
+        daemon: Daemon = await nursery.start(run_daemon, Options(listen="127.0.0.1:0"))
+        try:
+            peer = await unix_peer(nursery, daemon.status.socket)
+            dockerd.kill()
+            response = await peer.request("startTBRun", {"suitePath": str(task)})
+            assert response["error"]["code"] == RUN_FAILED, response
+            assert "Docker engine lost" in response["error"]["message"]
+            assert daemon.service.current is None  # nothing started, a later run may
+        finally:
+            daemon.cancel_scope.cancel()
+    assert os.environ["DOCKER_HOST"] == dockerd.url

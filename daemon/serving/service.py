@@ -238,6 +238,7 @@ class Service:
                 raise RpcError(LOAD_FAILED, str(exc)) from exc
             try:
                 engine = await self._engine()
+                await engine.sandboxes.check()  # a lost engine refuses the run up front
             except SandboxError as exc:
                 raise RpcError(RUN_FAILED, str(exc)) from exc
             await self.nursery.start(self._run, engine, suite, tasks, config, run_id,

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import docker.errors
 import requests
+import urllib3.exceptions
 
 from daemon.sandbox.base import EngineLost, SandboxError
 
 # What the docker SDK raises when the engine refuses or cannot be reached.
-DOCKER_FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException)
+# A stream cut mid-read surfaces as urllib3's ProtocolError, under requests.
+DOCKER_FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException,
+                   urllib3.exceptions.HTTPError)
 
 
 def failure(what: str, exc: BaseException) -> SandboxError:
     """The SandboxError for a docker SDK failure: EngineLost when the engine cannot be
     reached any more (retryable), the engine's own words otherwise."""
     if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                        OSError)):
+                        urllib3.exceptions.ProtocolError, OSError)):
         return EngineLost(f"Docker engine lost: {what}: {reason(exc)}")
     return SandboxError(f"{what}: {reason(exc)}")
 

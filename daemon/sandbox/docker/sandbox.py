@@ -140,7 +140,10 @@ class DockerSandbox(Sandbox):
             if stats is not None:
                 on_stats(stats)
 
-        await pump(produce, consume, limiter=self.provider.stream_limiter)
+        try:
+            await pump(produce, consume, limiter=self.provider.stream_limiter)
+        except (*DOCKER_FAILURES, OSError) as exc:
+            raise failure("the container's stats stream broke", exc) from exc
 
     async def remove(self) -> None:
         api = self.provider.client.api
