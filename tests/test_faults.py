@@ -233,3 +233,109 @@ async def test_a_run_is_refused_while_the_engine_is_lost(
         finally:
             daemon.cancel_scope.cancel()
     assert os.environ["DOCKER_HOST"] == dockerd.url
+
+
+# -- memory and disk stay bounded by what a task produces ---------------------------------------
+
+
+async def test_get_dir_streams_to_disk_and_leaves_out_what_passes_its_limit(
+        home: Path, docker_client: docker.DockerClient, tmp_path: Path):
+    from daemon.sandbox.docker import DockerSandboxes, instance_name
+
+    provider = DockerSandboxes(docker_client, instance=instance_name(home))
+    spec = load(offline_task(tmp_path, "big-logs")).tasks[0]
+    with trio.fail_after(LIMIT):
+        box = await provider.create(spec, "tbhud/base:bookworm", run_id="bounded")
+        try:
+            await box.exec(["/bin/sh", "-c", "mkdir -p /out && echo small > /out/a.txt && "
+                            "head -c 3000000 /dev/zero > /out/big.bin"],
+                           on_line=lambda _s, _l: None)
+            got = await box.get_dir("/out", tmp_path / "copy", limit=1_000_000)
+        finally:
+            await box.remove()
+    assert got == [tmp_path / "copy" / "out" / "a.txt"]
+    assert got.left_out == ["out/big.bin"]
+    assert not (tmp_path / "copy" / "out" / "big.bin").exists()
+
+
+def test_a_capped_log_keeps_its_head_and_its_tail(tmp_path: Path):
+    from daemon.engine.logs import CappedLog
+
+    log = CappedLog(tmp_path / "agent.log", head=20, tail=20)
+    for i in range(1000):
+        log.write(f"line {i:04d}")  # 10 characters with the newline
+    log.close()
+    lines = (tmp_path / "agent.log").read_text().splitlines()
+    assert lines[:2] == ["line 0000", "line 0001"]
+    assert "characters of output left out" in lines[2]
+    assert lines[3:] == ["line 0998", "line 0999"]
+
+
+def test_the_state_snapshot_is_bounded_in_size_per_task():
+    from daemon.serving.service import SNAPSHOT_LINE, SNAPSHOT_TASK, _lines
+
+    output = [("agent", "x" * 40_000_000)] + [("agent", f"short {i}") for i in range(10)]
+    kept = _lines(output)
+    assert sum(len(line.text) for line in kept) <= SNAPSHOT_TASK
+    assert kept[-1].text == "short 9"
+    cut = kept[0].text
+    assert cut.startswith("x" * SNAPSHOT_LINE) and cut.endswith("characters cut]")
+
+
+# -- credentials --------------------------------------------------------------------------------
+
+SECRET = "sk-tbhud-test-0123456789abcdef"
+
+
+async def test_credentials_are_masked_in_every_text_out_of_the_container(
+        rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from daemon.agents.command import CommandAgent
+    from protocol.rpc import AgentNeeds
+
+    monkeypatch.setattr(CommandAgent, "needs", AgentNeeds(credentials=("TBHUD_TEST_KEY",)))
+    monkeypatch.setenv("TBHUD_TEST_KEY", SECRET)
+    # The agent learnt the key and leaves it where the verifier prints and copies it.
+    cmd = f"echo 'my key: {SECRET}'; echo '{SECRET}' > /app/key"
+    task = make_task(tmp_path, "leaky", test="""\
+        echo "found $(cat /app/key)"
+        echo "{\\"reward\\": 0, \\"note\\": \\"$(cat /app/key)\\"}" > /logs/verifier/reward.json
+        """)
+    report = await run(rig, task, agent="command", agent_options={"command": cmd})
+    assert report.tasks[0].outcome == "failure", report.tasks[0].error
+    texts = [repr(e) for e in rig.events]
+    assert any("my key: ***" in t for t in texts) and any("found ***" in t for t in texts)
+    assert not any(SECRET in t for t in texts)
+    run_dir = rig.store.run_dir(report.run_id)
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_a_task_file_cannot_lift_a_credential(tmp_path: Path):
+    from daemon.tasks.model import LoadError
+
+    task = make_task(tmp_path, "lifter", test="true\n", toml="""\
+        [environment]
+        docker_image = "tbhud/base:bookworm"
+        env = { X = "${ANTHROPIC_API_KEY}" }
+        """)
+    with pytest.raises(LoadError, match=r"environment\.env\.X: .*ANTHROPIC_API_KEY"):
+        load(task)
+
+
+@pytest.mark.parametrize(("toml", "field"), [
+    ("[agent]\ntimeout_sec = nan\n", "agent.timeout_sec"),
+    ("[verifier]\ntimeout_sec = inf\n", "verifier.timeout_sec"),
+    ("[agent]\ntimeout_sec = 1e309\n", "agent.timeout_sec"),
+    ('[environment]\ndocker_image = "tbhud/base:bookworm"\ncpus = nan\n', "environment.cpus"),
+    ('[environment]\ndocker_image = "tbhud/base:bookworm"\ncpus = 1e-12\n',
+     "environment.cpus"),
+])
+def test_bad_numbers_in_task_toml_are_refused_naming_the_field(tmp_path: Path, toml: str,
+                                                               field: str):
+    from daemon.tasks.model import LoadError
+
+    task = make_task(tmp_path, "numbers", test="true\n", toml=toml)
+    with pytest.raises(LoadError) as caught:
+        load(task)
+    assert caught.value.field == field

@@ -24,6 +24,7 @@ from daemon.tasks.model import TaskSpec
 from protocol.rpc import PullPolicy
 
 MAX_LINE = 64 * 1024  # by default a "line" longer than this is passed on in pieces
+COPY_LIMIT = 256 * 1024 * 1024  # bytes `get_dir` copies out of a sandbox by default
 
 # on_line(stream, line): stream is "stdout" or "stderr"; the line has no newline.
 LineHandler = Callable[[str, str], None]
@@ -49,6 +50,16 @@ class EngineLost(SandboxError):
 
 class BuildTimeout(SandboxError):
     """Preparing the image took longer than the task allows."""
+
+
+class CopiedFiles(list[Path]):
+    """The files `get_dir` copied; `left_out` names those it did not copy because they
+    would have passed its byte limit."""
+
+    def __init__(self, files: list[Path] | None = None,
+                 left_out: list[str] | None = None) -> None:
+        super().__init__(files or [])
+        self.left_out = left_out or []
 
 
 @attrs.frozen
@@ -101,9 +112,11 @@ class Sandbox(abc.ABC):
         owned by root; `*.sh` and `#!` files executable."""
 
     @abc.abstractmethod
-    async def get_dir(self, path: str, host_dir: Path) -> list[Path]:
-        """Copy the sandbox's directory `path` into `host_dir` (nothing may land outside it);
-        the files copied, [] when `path` does not exist."""
+    async def get_dir(self, path: str, host_dir: Path, *,
+                      limit: int = COPY_LIMIT) -> CopiedFiles:
+        """Copy the sandbox's directory `path` into `host_dir` (nothing may land outside it),
+        streamed to disk, at most `limit` bytes of files: the files copied ([] when `path`
+        does not exist), and those left out past the limit."""
 
     @abc.abstractmethod
     async def kill_all(self) -> None:

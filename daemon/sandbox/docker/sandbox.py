@@ -4,7 +4,6 @@ every process but the keeper, stats, removal. Every docker SDK call runs in a wo
 
 from __future__ import annotations
 
-import io
 import logging
 import tarfile
 from collections.abc import Callable, Iterator
@@ -13,10 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 import docker.errors
 
-from daemon.sandbox.base import LineHandler, Sandbox, SandboxError, Stats
+from daemon.sandbox.base import (
+    COPY_LIMIT,
+    CopiedFiles,
+    LineHandler,
+    Sandbox,
+    SandboxError,
+    Stats,
+)
 from daemon.sandbox.docker.errors import DOCKER_FAILURES, failure
 from daemon.sandbox.docker.helper import KILL_ALL
-from daemon.sandbox.docker.streams import LineSplitter, pump, tar_of
+from daemon.sandbox.docker.streams import ChunkReader, LineSplitter, pump, tar_of
 
 if TYPE_CHECKING:
     from daemon.sandbox.docker.provider import DockerSandboxes
@@ -27,6 +33,7 @@ log = logging.getLogger("tbhud.sandbox")
 # output can hold a `docker exec` for minutes.
 KILL_EXEC_SEC = 3
 KILL_CONTAINER_SEC = 10
+COPY_TIMEOUT_SEC = 600  # copying a directory out, up to COPY_LIMIT bytes
 
 
 class DockerSandbox(Sandbox):
@@ -97,33 +104,38 @@ class DockerSandbox(Sandbox):
         await self.provider.call(f"cannot copy files to {dest}", self.provider.client.api.
                                  put_archive, self.id, "/", tar_of(files, dest))
 
-    async def get_dir(self, path: str, host_dir: Path) -> list[Path]:
+    async def get_dir(self, path: str, host_dir: Path, *,
+                      limit: int = COPY_LIMIT) -> CopiedFiles:
         api = self.provider.client.api
 
-        def fetch() -> list[Path]:
+        def fetch() -> CopiedFiles:
             try:
                 stream, _ = api.get_archive(self.id, path)
             except docker.errors.NotFound:
-                return []
-            data = io.BytesIO(b"".join(stream))
-            copied: list[Path] = []
-
-            def only_safe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-                # The "data" filter refuses links out and paths that would escape host_dir;
-                # such a member (planted by an agent, say) is left out, the rest is copied.
-                try:
-                    kept = tarfile.data_filter(member, dest)
-                except tarfile.FilterError:
-                    return None
-                if kept.isfile():
-                    copied.append(host_dir / kept.name)
-                return kept
-
-            with tarfile.open(fileobj=data) as tar:
-                tar.extractall(host_dir, filter=only_safe)
+                return CopiedFiles()
+            copied = CopiedFiles()
+            budget = limit
+            # Read as a stream ("r|"): one member at a time from the socket to its file,
+            # so memory stays flat whatever the directory holds.
+            with tarfile.open(fileobj=ChunkReader(stream), mode="r|") as tar:
+                for member in tar:
+                    # The "data" filter refuses links out and paths that would escape
+                    # host_dir; such a member (planted by an agent, say) is left out.
+                    try:
+                        kept = tarfile.data_filter(member, str(host_dir))
+                    except tarfile.FilterError:
+                        continue
+                    if kept.isfile():
+                        if kept.size > budget:
+                            copied.left_out.append(kept.name)
+                            continue
+                        budget -= kept.size
+                        copied.append(host_dir / kept.name)
+                    tar.extract(kept, host_dir, filter="fully_trusted")
             return copied
 
-        result: list[Path] = await self.provider.call(f"cannot copy {path} out", fetch)
+        result: CopiedFiles = await self.provider.call(f"cannot copy {path} out", fetch,
+                                                       limit=COPY_TIMEOUT_SEC)
         return result
 
     async def stats(self, on_stats: Callable[[Stats], None]) -> None:

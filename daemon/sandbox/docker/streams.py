@@ -52,6 +52,29 @@ async def pump(produce: Callable[[], Iterator[Any]], consume: Callable[[Any], No
         raise
 
 
+class ChunkReader(io.RawIOBase):
+    """A binary file over an iterator of byte chunks (the SDK's streamed archive), for
+    readers such as tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = iter(chunks)
+        self.rest = memoryview(b"")  # a view: taking a piece does not copy the rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.rest:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                return 0
+            self.rest = memoryview(chunk)
+        n = min(len(buffer), len(self.rest))
+        buffer[:n] = self.rest[:n]
+        self.rest = self.rest[n:]
+        return n
+
+
 class LineSplitter:
     """Bytes in, whole decoded lines out (a partial line waits for its end)."""
 
