@@ -14,10 +14,10 @@ Calls are short and synchronous; the daemon calls them from its trio thread.
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+from daemon.dbcheck import open_checked
 from protocol import RunReport, TaskResult, converter, pass_rate, tally
 from protocol.events import RunSummary
 
@@ -63,9 +63,7 @@ class Store:
         self.home = home
         self.runs_dir = home / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        # The daemon is single-threaded trio; check_same_thread guards nothing for us.
-        self.db = sqlite3.connect(home / "tbhud.sqlite3", isolation_level=None,
-                                  check_same_thread=False)
+        self.db = open_checked(home / "tbhud.sqlite3")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)

@@ -339,3 +339,43 @@ def test_bad_numbers_in_task_toml_are_refused_naming_the_field(tmp_path: Path, t
     with pytest.raises(LoadError) as caught:
         load(task)
     assert caught.value.field == field
+
+
+# -- the data directory and its database ------------------------------------------------------
+
+
+def test_a_loose_data_directory_is_made_private(home: Path):
+    from daemon.paths import data_dir
+
+    home.chmod(0o755)
+    assert data_dir() == home
+    assert home.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("damage", ["header", "empty"])
+def test_a_damaged_database_is_kept_aside_and_a_new_history_starts(
+        home: Path, damage: str, caplog: pytest.LogCaptureFixture):
+    from daemon.store import Store
+
+    with Store(home) as store:
+        store.begin_run("tb-old", suite_name="s", suite_version="1", suite_path="/s",
+                        agent="oracle", task_ids=["t"], timestamp="2026-01-01T00:00:00Z")
+    db = home / "tbhud.sqlite3"
+    for part in home.glob("tbhud.sqlite3-*"):
+        part.unlink()  # checkpointed at close; a stale journal would hide the damage
+    if damage == "header":
+        data = bytearray(db.read_bytes())
+        data[:100] = b"\xff" * 100
+        db.write_bytes(bytes(data))
+    else:
+        db.write_bytes(b"")
+    before = db.read_bytes()
+    with Store(home) as store:
+        assert store.list_runs(10) == []
+        store.begin_run("tb-new", suite_name="s", suite_version="1", suite_path="/s",
+                        agent="oracle", task_ids=["t"], timestamp="2026-01-02T00:00:00Z")
+        assert [r.run_id for r in store.list_runs(10)] == ["tb-new"]
+    [aside] = home.glob("tbhud.sqlite3.damaged-*[0-9]")
+    assert aside.read_bytes() == before
+    [line] = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
+    assert str(aside) in line and ".recover" in line
