@@ -379,3 +379,31 @@ def test_a_damaged_database_is_kept_aside_and_a_new_history_starts(
     assert aside.read_bytes() == before
     [line] = [r.getMessage() for r in caplog.records if "damaged" in r.getMessage()]
     assert str(aside) in line and ".recover" in line
+
+
+# -- bad numbers and sizes on the wire and on the command line ----------------------------------
+
+
+@pytest.mark.parametrize("bad_id", ["NaN", "1e400", "-Infinity"])
+async def test_a_non_finite_request_id_is_refused_not_echoed(daemon: Daemon, nursery: trio.Nursery,
+                                                             bad_id: str):
+    from protocol.rpc import INVALID_REQUEST
+
+    with trio.fail_after(LIMIT):
+        peer = await unix_peer(nursery, daemon.status.socket)
+        await peer.send_text(f'{{"jsonrpc": "2.0", "id": {bad_id}, "method": "version"}}')
+        frame = await peer.wait_for(lambda f: "error" in f)
+        assert frame["id"] is None and frame["error"]["code"] == INVALID_REQUEST
+        assert "version" in await peer.result("version")  # the connection stays up
+
+
+def test_an_unknown_task_id_in_a_huge_suite_gives_a_short_error(tmp_path: Path):
+    from daemon.tasks.model import LoadError, Suite
+
+    spec = load(offline_task(tmp_path, "one")).tasks[0]
+    tasks = tuple(attrs.evolve(spec, id=f"task-{i:05d}") for i in range(45_000))
+    suite = Suite(name="big", version="1", description="", path="/big", tasks=tasks)
+    with pytest.raises(LoadError) as caught:
+        suite.select(["no-such-task"])
+    assert len(str(caught.value)) < 1000
+    assert "no-such-task" in str(caught.value) and "45000" in str(caught.value)
