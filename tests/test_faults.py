@@ -407,3 +407,28 @@ def test_an_unknown_task_id_in_a_huge_suite_gives_a_short_error(tmp_path: Path):
         suite.select(["no-such-task"])
     assert len(str(caught.value)) < 1000
     assert "no-such-task" in str(caught.value) and "45000" in str(caught.value)
+
+
+@pytest.mark.parametrize(("method", "params"), [
+    ("getRunHistory", {"limit": 10**30}),
+    ("getTaskOutput", {"runId": "tb-x", "taskId": "t", "tail": 10**30}),
+])
+async def test_huge_counts_are_invalid_params(daemon: Daemon, nursery: trio.Nursery,
+                                              method: str, params: dict):
+    from protocol.rpc import INVALID_PARAMS
+
+    with trio.fail_after(LIMIT):
+        peer = await unix_peer(nursery, daemon.status.socket)
+        response = await peer.request(method, params)
+    assert response["error"]["code"] == INVALID_PARAMS, response
+    assert "between 1 and" in response["error"]["message"]
+
+
+async def test_a_huge_instruction_reaches_the_command_agent_by_file(rig: Rig, tmp_path: Path):
+    instruction = "x" * 200_000  # past Linux's 128 KiB for one environment string
+    task = make_task(tmp_path, "huge", instruction=instruction, test="""\
+        [ "$(cat /app/size)" = 200000 ] && echo 1 > /logs/verifier/reward.txt
+        """)
+    cmd = 'mkdir -p /app && wc -c < "$TB_INSTRUCTION_FILE" | tr -d " " > /app/size'
+    report = await run(rig, task, agent="command", agent_options={"command": cmd})
+    assert report.tasks[0].outcome == "success", report.tasks[0].error
