@@ -75,6 +75,7 @@ def _run(args: argparse.Namespace) -> RunReport:
         sandboxes = await open_local(home)
         await sandboxes.remove_orphans()
         with Store(home) as store:
+            store.mark_interrupted()  # a killed `tbhud run`'s, reaped above
             await run_with(Engine(store, progress, sandboxes))
 
     async def run_with(engine: Engine) -> None:

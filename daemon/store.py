@@ -14,10 +14,12 @@ Calls are short and synchronous; the daemon calls them from its trio thread.
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
 from daemon.dbcheck import open_checked
+from daemon.procs import alive
 from protocol import RunReport, TaskResult, converter, pass_rate, tally
 from protocol.events import RunSummary
 
@@ -54,6 +56,17 @@ RESULT_COLUMNS = ("task_id, outcome, duration_ms, tests_passed, tests_total, rew
                   " tokens, cost_usd, error")
 
 
+OWNER = "owner.pid"  # in a run's directory: the process running it
+
+
+def _owner_alive(run_dir: Path) -> bool:
+    try:
+        pid = int((run_dir / OWNER).read_text())
+    except (OSError, ValueError):
+        return False  # no owner recorded (an older run): its owner is gone
+    return pid != os.getpid() and alive(pid)
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -87,6 +100,7 @@ class Store:
             (run_id, suite_name, suite_version, suite_path, agent, timestamp,
              json.dumps(task_ids)),
         )
+        (self.run_dir(run_id) / OWNER).write_text(str(os.getpid()))
 
     def record_task(self, run_id: str, result: TaskResult) -> None:
         self.db.execute(
@@ -112,8 +126,10 @@ class Store:
         return report
 
     def mark_interrupted(self) -> list[str]:
-        """Runs left `running` by a daemon that died: mark them `interrupted`."""
+        """Runs left `running` by a daemon or a `tbhud run` that died: mark them
+        `interrupted`. A run whose owning process lives on (another process's run) stays."""
         rows = self.db.execute("SELECT run_id FROM runs WHERE status = 'running'").fetchall()
+        rows = [row for row in rows if not _owner_alive(self.runs_dir / row[0])]
         for (run_id,) in rows:
             self.db.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", (run_id,))
         return [r[0] for r in rows]

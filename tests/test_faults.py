@@ -432,3 +432,47 @@ async def test_a_huge_instruction_reaches_the_command_agent_by_file(rig: Rig, tm
     cmd = 'mkdir -p /app && wc -c < "$TB_INSTRUCTION_FILE" | tr -d " " > /app/size'
     report = await run(rig, task, agent="command", agent_options={"command": cmd})
     assert report.tasks[0].outcome == "success", report.tasks[0].error
+
+
+# -- dead in-process runs -----------------------------------------------------------------------
+
+
+def test_a_run_is_marked_interrupted_only_once_its_owner_is_dead(home: Path):
+    from daemon.store import OWNER, Store
+
+    owner = subprocess.Popen(["sleep", "300"])  # stands for a live `tbhud run`
+    try:
+        with Store(home) as store:
+            for run_id in ("tb-live", "tb-dead"):
+                store.begin_run(run_id, suite_name="s", suite_version="1", suite_path="/s",
+                                agent="oracle", task_ids=["t"],
+                                timestamp="2026-01-01T00:00:00Z")
+            (store.run_dir("tb-live") / OWNER).write_text(str(owner.pid))
+            gone = subprocess.Popen(["true"])
+            gone.wait()
+            (store.run_dir("tb-dead") / OWNER).write_text(str(gone.pid))
+            assert store.mark_interrupted() == ["tb-dead"]
+            owner.kill()
+            owner.wait()
+            assert store.mark_interrupted() == ["tb-live"]
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+
+
+def test_any_tbhud_command_shows_a_killed_runs_run_as_interrupted(home: Path):
+    import json
+
+    from daemon.store import OWNER, Store
+    from tests.conftest import run_cli
+
+    gone = subprocess.Popen(["true"])  # stands for a `tbhud run` that was SIGKILLed
+    gone.wait()
+    with Store(home) as store:
+        store.begin_run("tb-killed", suite_name="s", suite_version="1", suite_path="/s",
+                        agent="oracle", task_ids=["t"], timestamp="2026-01-01T00:00:00Z")
+        (store.run_dir("tb-killed") / OWNER).write_text(str(gone.pid))
+    shown = run_cli(["history", "--json"], home=home, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert [r["status"] for r in json.loads(shown.stdout)] == ["interrupted"]

@@ -24,6 +24,7 @@ import docker
 import docker.errors
 import trio
 
+from daemon.procs import alive
 from daemon.sandbox.base import (
     BuildTimeout,
     EngineLost,
@@ -323,7 +324,7 @@ class DockerSandboxes(SandboxProvider):
             mine = {"label": f"{LABEL}={self.instance}"}
             for c in self.client.containers.list(all=True, filters=mine):
                 owner = c.labels.get(LABEL_PID, "")
-                if owner.isdigit() and int(owner) != os.getpid() and _alive(int(owner)):
+                if owner.isdigit() and int(owner) != os.getpid() and alive(int(owner)):
                     continue
                 c.remove(force=True, v=True)
                 runs.append(c.labels.get(LABEL_RUN, ""))
@@ -361,16 +362,3 @@ class PullProgress:
             return None
         return round(100.0 * sum(d for d, _ in self.sizes.values()) / total, 1)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, under another user
-    try:  # a zombie (killed, not yet reaped by its parent) is dead too
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
