@@ -3,6 +3,7 @@ and survives `kill -9 -1`, a verifier an agent cannot fake. Real Docker througho
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -462,8 +463,6 @@ def test_a_run_is_marked_interrupted_only_once_its_owner_is_dead(home: Path):
 
 
 def test_any_tbhud_command_shows_a_killed_runs_run_as_interrupted(home: Path):
-    import json
-
     from daemon.store import OWNER, Store
     from tests.conftest import run_cli
 
@@ -476,3 +475,40 @@ def test_any_tbhud_command_shows_a_killed_runs_run_as_interrupted(home: Path):
     shown = run_cli(["history", "--json"], home=home, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert [r["status"] for r in json.loads(shown.stdout)] == ["interrupted"]
+
+
+# -- a client dropped as too slow ----------------------------------------------------------------
+
+
+async def test_tbhud_run_dropped_as_a_slow_client_catches_up_and_reports(
+        daemon: Daemon, nursery: trio.Nursery, home: Path, tmp_path: Path,
+        docker_client: docker.DockerClient):
+    from daemon.serving.hub import too_slow
+    from tests.conftest import our_containers, run_cli
+
+    task = make_task(tmp_path, "held", solve="until [ -e /tmp/go ]; do sleep 0.1; done\n",
+                     test="echo 1 > /logs/verifier/reward.txt\n")
+    with trio.fail_after(LIMIT):
+        watcher = await unix_peer(nursery, daemon.status.socket)
+        await watcher.result("subscribe")
+        ours = set(daemon.service.hub.subscribers)
+        done: dict[str, subprocess.CompletedProcess[str]] = {}
+        finished = trio.Event()
+
+        async def cli() -> None:
+            done["run"] = await trio.to_thread.run_sync(
+                lambda: run_cli(["run", str(task), "--json"], home=home, timeout=LIMIT))
+            finished.set()
+
+        nursery.start_soon(cli)
+        await watcher.wait_for(lambda f: f.get("type") == "tb_task_progress"
+                               and f.get("phase") == "agent")
+        [box] = daemon.service.hub.subscribers - ours  # the CLI's subscription
+        box.drop(too_slow(box))
+        [container] = our_containers(docker_client, home)
+        docker_client.containers.get(container).exec_run(["touch", "/tmp/go"])
+        await finished.wait()
+    result = done["run"]
+    assert result.returncode == 0, result.stderr
+    assert "catching up" in result.stderr
+    assert json.loads(result.stdout)["tasks"][0]["outcome"] == "success"
