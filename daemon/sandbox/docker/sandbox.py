@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import docker.errors
+from docker.utils.socket import STDERR, STDOUT, frames_iter
 
 from daemon.sandbox.base import (
     COPY_LIMIT,
@@ -22,7 +23,7 @@ from daemon.sandbox.base import (
 )
 from daemon.sandbox.docker.errors import DOCKER_FAILURES, failure
 from daemon.sandbox.docker.helper import KILL_ALL
-from daemon.sandbox.docker.streams import ChunkReader, LineSplitter, pump, tar_of
+from daemon.sandbox.docker.streams import ChunkReader, LineSplitter, pump, shut_down, tar_of
 
 if TYPE_CHECKING:
     from daemon.sandbox.docker.provider import DockerSandboxes
@@ -54,13 +55,15 @@ class DockerSandbox(Sandbox):
             environment=environment)
         exec_id = created["Id"]
         splitters = {"stdout": LineSplitter(max_line), "stderr": LineSplitter(max_line)}
+        names = {STDOUT: "stdout", STDERR: "stderr"}
+        sockets: list[Any] = []
 
         def produce() -> Iterator[tuple[str, bytes]]:
-            for out, err in api.exec_start(exec_id, stream=True, demux=True):
-                if out:
-                    yield "stdout", out
-                if err:
-                    yield "stderr", err
+            sock = api.exec_start(exec_id, socket=True)
+            sockets.append(sock)
+            for stream, data in frames_iter(sock, tty=False):
+                if data:
+                    yield names.get(stream, "stdout"), data
 
         def consume(item: tuple[str, bytes]) -> None:
             stream, data = item
@@ -71,6 +74,12 @@ class DockerSandbox(Sandbox):
             await pump(produce, consume, limiter=self.provider.stream_limiter)
         except (*DOCKER_FAILURES, OSError) as exc:
             raise failure("the command's output stream broke", exc) from exc
+        finally:
+            # Cut off or cancelled, nobody reads any more: hang up, or the engine blocks
+            # writing the output (a flood) and with it every other call on this container,
+            # a kill too. (After the end of the stream this only closes it.)
+            for sock in sockets:
+                shut_down(sock)
         for stream, splitter in splitters.items():
             for line in splitter.flush():
                 on_line(stream, line)

@@ -120,11 +120,16 @@ def _parents(rel: str) -> Iterator[str]:
 
 
 def hang_up(response: Any) -> None:
-    """End a streaming HTTP response that another thread is reading: shutdown() wakes the
-    blocked read and tells the peer at once (close() would wait for the reader)."""
+    """End a streaming HTTP response that another thread is reading."""
     sock = getattr(getattr(response.raw, "connection", None), "sock", None)
     if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # the connection is already gone: nothing left to hang up
+        shut_down(sock)
+
+
+def shut_down(sock: Any) -> None:
+    """shutdown() a socket (or the SDK's SocketIO around one) that another thread reads: it
+    wakes the blocked read and tells the peer at once (close() would wait for the reader)."""
+    try:
+        getattr(sock, "_sock", sock).shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # the connection is already gone: nothing left to hang up
