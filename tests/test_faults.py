@@ -512,3 +512,66 @@ async def test_tbhud_run_dropped_as_a_slow_client_catches_up_and_reports(
     assert result.returncode == 0, result.stderr
     assert "catching up" in result.stderr
     assert json.loads(result.stdout)["tasks"][0]["outcome"] == "success"
+
+
+# -- a property-based fuzz of the RPC surface ---------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from protocol.rpc import PARAMS  # noqa: E402
+
+SCALARS = (st.none() | st.booleans() | st.integers(min_value=-(10**40), max_value=10**40)
+           | st.floats() | st.text(max_size=20))
+JSON = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
+# Methods that read a path are left out: a fuzzer must not have the daemon scan the disk.
+METHODS = [*sorted(set(PARAMS) - {"loadTBSuite", "startTBRun"}), "noSuchMethod"]
+REQUESTS = st.fixed_dictionaries(
+    {"jsonrpc": st.sampled_from(["2.0", "1.0"]), "method": st.sampled_from(METHODS)},
+    optional={"id": SCALARS, "params": JSON | st.dictionaries(
+        st.sampled_from(["runId", "taskId", "limit", "tail", "runIds", "baseline"]), SCALARS)})
+FRAMES = st.lists(REQUESTS | JSON, min_size=1, max_size=8)
+
+
+def _strict(text: str) -> dict:
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"not JSON: {constant} in {text[:200]}")
+
+    frame = json.loads(text, parse_constant=refuse)
+    assert isinstance(frame, dict)
+    return frame
+
+
+async def _exchange(socket_path: str, frames: list) -> None:
+    """Send `frames` then a `version` request on a new connection; every answer must be
+    strict JSON and no internal error, and `version` must still be answered."""
+    stream = await trio.open_unix_socket(socket_path)
+    async with stream:
+        text = "".join(json.dumps(f) + "\n" for f in frames)
+        await stream.send_all(text.encode() + b'{"jsonrpc":"2.0","id":"last",'
+                              b'"method":"version"}\n')
+        buffer = b""
+        while True:
+            data = await stream.receive_some(65536)
+            assert data, "the daemon closed the connection"
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            answers = [_strict(line.decode()) for line in lines]
+            for answer in answers:
+                if "error" in answer:
+                    assert answer["error"]["code"] != -32603, answer  # no internal error
+            if any(a.get("id") == "last" and "result" in a for a in answers):
+                return
+
+
+async def test_fuzzed_requests_get_json_answers_and_the_connection_stays_up(daemon: Daemon):
+    # Hypothesis drives the examples from a worker thread; each one talks to this daemon
+    # over its real socket from trio.
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(frames=FRAMES)
+    def check(frames: list) -> None:
+        trio.from_thread.run(_exchange, daemon.status.socket, frames)
+
+    with trio.fail_after(LIMIT):
+        await trio.to_thread.run_sync(check)
