@@ -86,6 +86,7 @@ def _run(args: argparse.Namespace) -> RunReport:
                 emitters.offer(event)
 
             with Store(home) as store:
+                store.mark_interrupted()  # a killed `tbhud run`'s, reaped above
                 try:
                     await run_with(Engine(store, emit, sandboxes))
                 finally:

@@ -13,7 +13,19 @@ def data_dir() -> Path:
     """SQLite store, run directories, daemon token. Created 0700 on first use."""
     path = locations.data_dir()
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private(path)
     return path
+
+
+def private(path: Path) -> None:
+    """Make an existing directory 0700 (the history, logs and token are the user's alone);
+    one that belongs to another user is refused, saying so."""
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to another user (uid {info.st_uid}); set "
+                              "TBHUD_HOME to a directory of your own")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
 
 
 def runtime_dir() -> Path:

@@ -14,10 +14,13 @@ Calls are short and synchronous; the daemon calls them from its trio thread.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
+from daemon.dbcheck import open_checked
+from daemon.procs import alive
 from protocol import RunReport, TaskResult, converter, pass_rate, tally
 from protocol.events import QueueEntry, RunSummary
 from protocol.results import mean_reward, pass_at_k, was_stopped
@@ -88,6 +91,17 @@ def _migrate(db: sqlite3.Connection) -> None:
             " task_results_v1; DROP TABLE task_results_v1; COMMIT;")
 
 
+OWNER = "owner.pid"  # in a run's directory: the process running it
+
+
+def _owner_alive(run_dir: Path) -> bool:
+    try:
+        pid = int((run_dir / OWNER).read_text())
+    except (OSError, ValueError):
+        return False  # no owner recorded (an older run): its owner is gone
+    return pid != os.getpid() and alive(pid)
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -97,9 +111,7 @@ class Store:
         self.home = home
         self.runs_dir = home / "runs"
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        # The daemon is single-threaded trio; check_same_thread guards nothing for us.
-        self.db = sqlite3.connect(home / "tbhud.sqlite3", isolation_level=None,
-                                  check_same_thread=False)
+        self.db = open_checked(home / "tbhud.sqlite3")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         _migrate(self.db)
@@ -127,6 +139,7 @@ class Store:
             (run_id, suite_name, suite_version, suite_path, agent, timestamp,
              json.dumps(task_ids), attempts, json.dumps(config or {})),
         )
+        (self.run_dir(run_id) / OWNER).write_text(str(os.getpid()))
 
     def reopen_run(self, run_id: str) -> None:
         """A resumed run is running again (its results so far stay)."""
@@ -174,8 +187,10 @@ class Store:
         self.db.execute("DELETE FROM runs WHERE run_id = ?", (run_id,))
 
     def mark_interrupted(self) -> list[str]:
-        """Runs left `running` by a daemon that died: mark them `interrupted`."""
+        """Runs left `running` by a daemon or a `tbhud run` that died: mark them
+        `interrupted`. A run whose owning process lives on (another process's run) stays."""
         rows = self.db.execute("SELECT run_id FROM runs WHERE status = 'running'").fetchall()
+        rows = [row for row in rows if not _owner_alive(self.runs_dir / row[0])]
         for (run_id,) in rows:
             self.db.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", (run_id,))
         return [r[0] for r in rows]

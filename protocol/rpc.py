@@ -76,6 +76,15 @@ def _at_least(low: float) -> Any:
     return check
 
 
+MAX_COUNT = 1_000_000  # the most runs or lines one request may ask for (SQLite stops at 2**63)
+
+
+def _count(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not 1 <= value <= MAX_COUNT:
+        raise ValueError(f"{camel(attribute.name)} must be between 1 and {MAX_COUNT}, "
+                         f"got {value!r}")
+
+
 def _positive(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{camel(attribute.name)} must be a positive number, got {value!r}")
@@ -153,7 +162,7 @@ class StopRunParams:
 
 @attrs.frozen
 class HistoryParams:
-    limit: int = attrs.field(default=50, validator=_at_least(1))
+    limit: int = attrs.field(default=50, validator=_count)
 
 
 @attrs.frozen
@@ -171,7 +180,7 @@ class TaskParams:
 class TaskOutputParams:
     run_id: str
     task_id: str
-    tail: int | None = attrs.field(default=None, validator=_at_least(1))  # last N lines
+    tail: int | None = attrs.field(default=None, validator=_count)  # last N lines
 
 
 @attrs.frozen

@@ -54,6 +54,9 @@ class Scripted(SandboxProvider):
     async def remove_orphans(self) -> list[str]:
         return await self.real.remove_orphans()
 
+    async def check(self) -> None:
+        await self.real.check()
+
 
 def scripted(rig: Rig, **kwargs: dict[str, set[int]]) -> Scripted:
     provider = Scripted(rig.engine.sandboxes, **kwargs)

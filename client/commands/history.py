@@ -26,7 +26,9 @@ def _store():  # type: ignore[no-untyped-def]
     from daemon.paths import data_dir
     from daemon.store import Store
 
-    return Store(data_dir())
+    store = Store(data_dir())
+    store.mark_interrupted()  # runs whose process died (a killed `tbhud run`) show as such
+    return store
 
 
 def cmd_history(args: argparse.Namespace) -> int:

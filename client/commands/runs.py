@@ -7,6 +7,8 @@ import argparse
 import json
 import signal
 import sys
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
@@ -125,7 +127,8 @@ def run_via_daemon(args: argparse.Namespace) -> RunReport | None:
         try:
             async with connect(args, autostart=False) as conn:
                 connected = True
-                return await follow_run(conn, "startTBRun", start_params(args), progress)
+                return await follow_run(conn, "startTBRun", start_params(args), progress,
+                                        reconnect=lambda: connect(args, autostart=False))
         except DaemonUnavailable:
             if connected or args.url:  # a daemon named by --url must answer
                 raise
@@ -157,20 +160,25 @@ def start_params(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
+Reconnect = Callable[[], AbstractAsyncContextManager[Connection]]
+
+
 async def follow_run(conn: Connection, method: str, params: dict[str, Any],
-                     progress: Progress) -> RunReport:
+                     progress: Progress, *, reconnect: Reconnect | None = None) -> RunReport:
     """Subscribe, start the run (`method`: startTBRun or resumeTBRun), hand its events to
     `progress` until it completes, and return its stored report. The first SIGINT stops the
     run (it is still recorded and reported); a second one leaves at once (the daemon
-    finishes stopping it)."""
+    finishes stopping it). Dropped by the daemon (a slow client), it catches up through
+    `reconnect`: the stored run, then its events again until it completes."""
     await conn.call("subscribe")
     run_id = (await conn.call(method, params))["runId"]
+    current = [conn]  # the connection in use, for a stop after a reconnect
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
 
             async def on_signals() -> None:
                 async for _ in signals:
-                    if await conn.call("stopTBRun", {"runId": run_id}):
+                    if await current[0].call("stopTBRun", {"runId": run_id}):
                         print("tbhud: stopping the run (Ctrl-C again to leave it to the "
                               "daemon)", file=sys.stderr)
                         break
@@ -179,15 +187,38 @@ async def follow_run(conn: Connection, method: str, params: dict[str, Any],
 
             nursery.start_soon(on_signals)
             nursery.start_soon(progress.redraw_periodically)
-            async for event in conn.events():
-                if getattr(event, "run_id", None) == run_id:
-                    progress(event)
-                if isinstance(event, TBRunComplete) and event.run_id == run_id:
-                    break
-            else:
-                raise DaemonUnavailable("the daemon closed the connection during the run")
+            report = await _until_stored(current, run_id, progress, reconnect)
             nursery.cancel_scope.cancel()
-    return structure(await conn.call("getRun", {"runId": run_id}), RunReport)
+    return report
+
+
+async def _until_stored(current: list[Connection], run_id: str, progress: Progress,
+                        reconnect: Reconnect | None) -> RunReport:
+    conn = current[0]
+    if await _until_complete(conn, run_id, progress):
+        return structure(await conn.call("getRun", {"runId": run_id}), RunReport)
+    while reconnect is not None:
+        print("tbhud: the daemon dropped this client; catching up with the run",
+              file=sys.stderr)
+        async with reconnect() as conn:
+            current[0] = conn
+            await conn.call("subscribe")  # first, so that no end of the run is missed
+            report = structure(await conn.call("getRun", {"runId": run_id}), RunReport)
+            if report.status != "running":
+                return report
+            if await _until_complete(conn, run_id, progress):
+                return structure(await conn.call("getRun", {"runId": run_id}), RunReport)
+    raise DaemonUnavailable("the daemon closed the connection during the run")
+
+
+async def _until_complete(conn: Connection, run_id: str, progress: Progress) -> bool:
+    """The run's events to `progress` until it completes (True) or the connection ends."""
+    async for event in conn.events():
+        if getattr(event, "run_id", None) == run_id:
+            progress(event)
+        if isinstance(event, TBRunComplete) and event.run_id == run_id:
+            return True
+    return False
 
 
 def report_exit(report: RunReport, as_json: bool) -> int:
@@ -224,7 +255,8 @@ async def wait_for_run(conn: Connection, method: str, params: dict[str, Any],
                        args: argparse.Namespace) -> int:
     progress = Progress(verbose=args.verbose)
     try:
-        report = await follow_run(conn, method, params, progress)
+        report = await follow_run(conn, method, params, progress,
+                                  reconnect=lambda: connect(args))
     finally:
         progress.close()
     return report_exit(report, args.json)

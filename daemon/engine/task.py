@@ -3,13 +3,18 @@ the events that report them. The container is removed on every path out."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from typing import IO, TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from daemon.agents.base import INSTRUCTION_DIR, AgentContext, AgentError, AgentResult, host_env
+from daemon.agents.claude_stream import redact
+from daemon.engine.logs import CappedLog, Tail
 from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward
 from daemon.sandbox import Sandbox, SandboxError, Stats
 from daemon.tasks.model import TaskSpec
@@ -34,6 +39,29 @@ log = logging.getLogger("tbhud.engine")
 VERIFICATION_TAIL = 4000  # characters of verifier output carried in tb_task_complete
 TEARDOWN_GRACE_SEC = 30  # bound on the shielded clean-up of one task
 PROGRESS_STEP = 5.0  # percent of a pull between two tb_task_progress events
+
+
+def mask_files(files: list[Path], secrets: list[str]) -> None:
+    """Mask `secrets` (also JSON-escaped) in the files copied out of a sandbox (a reward
+    file, a CTRF report, a log the verifier wrote), a MiB at a time."""
+    forms = sorted({form.encode() for secret in secrets if secret
+                    for form in (secret, json.dumps(secret, ensure_ascii=False)[1:-1])},
+                   key=len, reverse=True)
+    if not forms:
+        return
+    keep = len(forms[0]) - 1  # enough of a chunk's end to hold the start of a secret
+    for path in files:
+        masked = path.with_name(path.name + ".masking")
+        with open(path, "rb") as src, open(masked, "wb") as dst:
+            carry = b""
+            while chunk := src.read(1 << 20):
+                buf = carry + chunk
+                for form in forms:
+                    buf = buf.replace(form, b"***")
+                carry = buf[len(buf) - keep:] if keep else b""
+                dst.write(buf[:len(buf) - len(carry)])
+            dst.write(carry)
+        masked.replace(path)
 
 
 def _ms(seconds: float) -> int:
@@ -70,9 +98,13 @@ class TaskRun:
         self.phase: Phase = "setup"
         self.turn: int | None = None
         self.sandbox: Sandbox | None = None
-        self.verifier_lines: list[str] = []
+        self.verifier_tail = Tail(VERIFICATION_TAIL)
         self.reported_percent = -100.0
-        self.logs: dict[str, IO[str]] = {}
+        self.logs: dict[str, CappedLog] = {}
+        # The credentials the agent gets: the agent or anything it runs may print them, or
+        # write them where the verifier prints them. Every text out of the sandbox is masked.
+        env = host_env(agent.needs)
+        self.secrets = [env[n] for n in agent.needs.credentials if n in env]
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -95,13 +127,13 @@ class TaskRun:
                                          detail="pulling", percent=percent))
 
     def output(self, text: str, source: OutputSource) -> None:
+        text = redact(text, self.secrets)
         log = "verifier.log" if source == "verification" else "agent.log"
         if log not in self.logs:
-            # Line-buffered: a daemon killed mid-task still leaves the lines so far on disk.
-            self.logs[log] = open(self.dir / log, "a", encoding="utf-8", buffering=1)
-        self.logs[log].write(text + "\n")
+            self.logs[log] = CappedLog(self.dir / log)
+        self.logs[log].write(text)
         if source == "verification":
-            self.verifier_lines.append(text)
+            self.verifier_tail.add(text)
         self.emit(TBTaskOutput(run_id=self.run_id, task_id=self.task.id, text=text,
                                source=source))
 
@@ -216,12 +248,13 @@ class TaskRun:
         task = self.task
         self.progress("verification")
         # The agent could have planted /tests or a reward file: start both from nothing.
-        await sandbox.exec(["sh", "-c", f"rm -rf /tests {VERIFIER_LOGS} && "
+        # Shells by absolute path: the agent (root) may have put others first on PATH.
+        await sandbox.exec(["/bin/sh", "-c", f"rm -rf /tests {VERIFIER_LOGS} && "
                             f"mkdir -p {VERIFIER_LOGS}"], user="0", on_line=self._system_line)
         await sandbox.put_files(task.test_files, "/tests")
         limit = task.verifier_timeout_sec * mult
         verified = await sandbox.exec(
-            ["bash", "/tests/test.sh"], user=task.verifier_user,
+            ["/bin/bash", "/tests/test.sh"], user=task.verifier_user,
             environment=task.verifier_env, timeout=limit,
             on_line=lambda _s, line: self.output(line, "verification"))
         verifier_overran = None
@@ -229,6 +262,11 @@ class TaskRun:
             verifier_overran = f"verifier timed out after {limit:g}s"
             self.system(verifier_overran)
         files = await sandbox.get_dir(VERIFIER_LOGS, self.dir)
+        if self.secrets:
+            await trio.to_thread.run_sync(mask_files, files, self.secrets)
+        if files.left_out:
+            self.system(f"{VERIFIER_LOGS}: left out past the copy limit: "
+                        f"{', '.join(files.left_out)}")
         reward, reward_error = read_reward(self.dir / "verifier")
         tests_passed, tests_total = read_ctrf(self.dir / "verifier" / "ctrf.json")
         stats = dict(reward=reward, tests_passed=tests_passed, tests_total=tests_total,
@@ -294,9 +332,10 @@ class TaskRun:
     def _finish(self, result: TaskResult) -> None:
         will_retry = result.retryable and self.can_retry
         if result.error:
+            result = attrs.evolve(result, error=redact(result.error, self.secrets))
             again = "; retrying after a backoff" if will_retry else ""
             self.system(f"{result.outcome}: {result.error}{again}")
         self.engine.store.record_task(self.run_id, result)
-        tail = "\n".join(self.verifier_lines)[-VERIFICATION_TAIL:] or None
+        tail = self.verifier_tail.text()[-VERIFICATION_TAIL:] or None
         self.emit(complete_event(self.run_id, result, self.config.attempts,
                                  verification_output=tail, will_retry=will_retry or None))

@@ -24,6 +24,7 @@ from daemon.tasks.model import TaskSpec
 from protocol.rpc import PullPolicy
 
 MAX_LINE = 64 * 1024  # by default a "line" longer than this is passed on in pieces
+COPY_LIMIT = 256 * 1024 * 1024  # bytes `get_dir` copies out of a sandbox by default
 
 # on_line(stream, line): stream is "stdout" or "stderr"; the line has no newline.
 LineHandler = Callable[[str, str], None]
@@ -46,8 +47,25 @@ class SandboxError(RuntimeError):
             self.retryable = retryable
 
 
+class EngineLost(SandboxError):
+    """The engine stopped answering (gone, or silent past a call's time limit): worth trying
+    again once it is back. Its text starts with "Docker engine lost"."""
+
+    retryable = True
+
+
 class BuildTimeout(SandboxError):
     """Preparing the image took longer than the task allows."""
+
+
+class CopiedFiles(list[Path]):
+    """The files `get_dir` copied; `left_out` names those it did not copy because they
+    would have passed its byte limit."""
+
+    def __init__(self, files: list[Path] | None = None,
+                 left_out: list[str] | None = None) -> None:
+        super().__init__(files or [])
+        self.left_out = left_out or []
 
 
 @attrs.frozen
@@ -100,9 +118,11 @@ class Sandbox(abc.ABC):
         owned by root; `*.sh` and `#!` files executable."""
 
     @abc.abstractmethod
-    async def get_dir(self, path: str, host_dir: Path) -> list[Path]:
-        """Copy the sandbox's directory `path` into `host_dir` (nothing may land outside it);
-        the files copied, [] when `path` does not exist."""
+    async def get_dir(self, path: str, host_dir: Path, *,
+                      limit: int = COPY_LIMIT) -> CopiedFiles:
+        """Copy the sandbox's directory `path` into `host_dir` (nothing may land outside it),
+        streamed to disk, at most `limit` bytes of files: the files copied ([] when `path`
+        does not exist), and those left out past the limit."""
 
     @abc.abstractmethod
     async def kill_all(self) -> None:
@@ -136,6 +156,11 @@ class SandboxProvider(abc.ABC):
     async def create(self, task: TaskSpec, image: str, *, run_id: str) -> Sandbox:
         """Create and start `task`'s sandbox from `image`, with the task's limits, labelled
         with the run so that `remove_orphans` can find it."""
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Raise a SandboxError unless the engine answers now (a run is refused before it
+        starts); sandboxes it could not remove before (it was lost) are removed now."""
 
     @abc.abstractmethod
     async def remove_orphans(self) -> list[str]:

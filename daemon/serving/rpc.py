@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -60,7 +61,9 @@ async def handle(text: str, box: Outbox, service: Service) -> str | None:
         return error_text(None, INVALID_REQUEST,
                            f"invalid request: expected a JSON-RPC 2.0 request object, got {what}")
     id_ = request.get("id")
-    if not (id_ is None or (isinstance(id_, str | int | float) and not isinstance(id_, bool))):
+    # NaN and infinities (Python reads NaN, 1e400) are no JSON numbers: they cannot be echoed.
+    if not (id_ is None or (isinstance(id_, str | int | float) and not isinstance(id_, bool)
+                            and not (isinstance(id_, float) and not math.isfinite(id_)))):
         return error_text(None, INVALID_REQUEST, "invalid request: `id` must be a string or "
                            "a number")
     if request.get("jsonrpc") != "2.0":

@@ -329,9 +329,11 @@ class Service:
 
     async def _ready_engine(self) -> Engine:
         try:
-            return await self._engine()
+            engine = await self._engine()
+            await engine.sandboxes.check()  # a lost engine refuses the run up front
         except SandboxError as exc:
             raise RpcError(RUN_FAILED, str(exc)) from exc
+        return engine
 
     # -- the queue -------------------------------------------------------------------------
 
@@ -451,9 +453,23 @@ def _select(suite: Suite, task_ids: list[str] | None) -> list[TaskSpec]:
         raise RpcError(LOAD_FAILED, str(exc)) from exc
 
 
+# getState's output per task is bounded in size, not only in lines: ten tasks printing 40 MB
+# lines must not make a reply of hundreds of MB. Live events carry the lines whole.
+SNAPSHOT_LINE = 4096  # characters of one line; longer ones are cut with a marker
+SNAPSHOT_TASK = 64 * 1024  # characters of output per task, the newest lines kept
+
+
 def _lines(output: Iterable[tuple[str, str]]) -> list[OutputLine]:
-    return [OutputLine(text=text, source=source)  # type: ignore[arg-type]
-            for source, text in output]
+    kept: list[OutputLine] = []
+    budget = SNAPSHOT_TASK
+    for source, text in reversed(list(output)):
+        if len(text) > SNAPSHOT_LINE:
+            text = f"{text[:SNAPSHOT_LINE]} [tbhud: {len(text) - SNAPSHOT_LINE} characters cut]"
+        budget -= len(text)
+        if budget < 0:
+            break
+        kept.append(OutputLine(text=text, source=source))  # type: ignore[arg-type]
+    return kept[::-1]
 
 
 def _read_logs(task_dir: Path, tail: int) -> list[OutputLine]:

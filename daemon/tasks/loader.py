@@ -22,6 +22,7 @@ no quoting or delimiter can break it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import stat
@@ -207,6 +208,24 @@ def _toml_version(task_dir: Path, shown: str) -> str:
 _TEMPLATE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+# A variable whose name says it holds a credential (ANTHROPIC_API_KEY, GITHUB_TOKEN,
+# AWS_SECRET_ACCESS_KEY, ...): a task file may not lift it from the user's environment.
+_CREDENTIAL = re.compile(r"(^|_)(API_?KEY|KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)(_|$)",
+                         re.IGNORECASE)
+
+
+def _no_credentials(env: dict[str, str], file: str, field: str) -> None:
+    """Refuse `${VAR}` of a credential in the container's environment, which the agent sees.
+    (A verifier's env may name one, e.g. an LLM judge's key: the agent is gone by then.)"""
+    for key, value in env.items():
+        for match in _TEMPLATE.finditer(value):
+            if _CREDENTIAL.search(match[1]):
+                raise LoadError(file, f"{field}.{key}",
+                                f"no reference to the credential variable {match[1]}: a "
+                                "task may not read the user's credentials (agents that "
+                                "need one get it from tbhud)")
+
+
 def _resolve_env(env: dict[str, str]) -> dict[str, str]:
     """`${VAR}` and `${VAR:-default}` from the loader's environment, as Harbor does; like the
     shell, the default also applies when VAR is set but empty, and a missing VAR is ""."""
@@ -231,9 +250,19 @@ def _size_mb(value: str | int, file: str, field: str) -> int:
     return int(float(found[1]) * factor)
 
 
+MAX_TIMEOUT_SEC = 7 * 24 * 3600  # a longer limit is no limit: refused as a mistake
+MIN_CPUS = 0.01  # Docker's smallest CPU quota; less would be read as none at all
+
+
 def _positive(value: float | None, file: str, field: str) -> None:
-    if value is not None and value <= 0:
+    # `not value > 0` also refuses NaN, which compares false with everything.
+    if value is not None and not (value > 0 and math.isfinite(value)):
         raise LoadError(file, field, f"expected a positive number, got {_show(value)}")
+    if value is not None and field.endswith("timeout_sec") and value > MAX_TIMEOUT_SEC:
+        raise LoadError(file, field, f"expected at most {MAX_TIMEOUT_SEC} seconds (a week), "
+                        f"got {_show(value)}")
+    if value is not None and field == "environment.cpus" and value < MIN_CPUS:
+        raise LoadError(file, field, f"expected at least {MIN_CPUS} CPUs, got {_show(value)}")
 
 
 def _difficulty(value: str | None, file: str, field: str) -> str:
@@ -266,6 +295,7 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
                   "environment.cpus", "environment.memory_mb", "environment.storage_mb"):
         section, name = field.split(".")
         _positive(getattr(getattr(config, section), name), toml_file, field)
+    _no_credentials(env_cfg.env, toml_file, "environment.env")
     if env_cfg.gpus > 0:
         raise LoadError(toml_file, "environment.gpus", "GPUs are not supported")
     memory_mb = env_cfg.memory_mb

@@ -22,16 +22,19 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
-import requests
 import trio
 
+from daemon.procs import alive
 from daemon.sandbox.base import (
     BuildTimeout,
+    EngineLost,
     Log,
     Progress,
     SandboxError,
     SandboxProvider,
 )
+from daemon.sandbox.docker.errors import DOCKER_FAILURES, failure
+from daemon.sandbox.docker.helper import HELPER_DIR, KEEPER, helper_dir
 from daemon.sandbox.docker.sandbox import DockerSandbox
 from daemon.sandbox.docker.streams import hang_up, pump
 from daemon.tasks.model import BASE_IMAGE, DEFAULT_WORKDIR, TaskSpec
@@ -41,13 +44,14 @@ LABEL = "tbhud"  # every container we make carries tbhud=<instance>: one per dat
 LABEL_PID = "tbhud.pid"  # the process that owns it: a container whose owner died is an orphan
 LABEL_RUN = "tbhud.run"
 LABEL_TASK = "tbhud.task"
-KEEPER = ["sleep", "infinity"]  # PID 1: init of the PID namespace, immune to `kill -9 -1`
 PIDS_LIMIT = 1024
-API_TIMEOUT_SEC = 300  # the SDK's HTTP timeout for one call
+# Every API call has a time limit: past it the engine counts as lost (a stuck engine must not
+# hold a stop, a teardown or the daemon). The SDK's own HTTP timeout ends the abandoned
+# thread's socket wait later; streamed reads have none, and end when we act on the container.
+CALL_TIMEOUT_SEC = 60
+API_TIMEOUT_SEC = CALL_TIMEOUT_SEC
 
 T = TypeVar("T")
-# What the docker SDK raises when the engine refuses or cannot be reached.
-DOCKER_FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException)
 
 
 def connect() -> docker.DockerClient:
@@ -99,6 +103,8 @@ class DockerSandboxes(SandboxProvider):
         # always refreshes an image once per run, however many tasks use it).
         self.image_locks: dict[str, trio.Lock] = {}
         self.refreshed: dict[str, str] = {}
+        # Containers whose removal failed (the engine was lost): removed once it answers.
+        self.unremoved: set[str] = set()
 
     @classmethod
     async def open(cls, home: Path) -> DockerSandboxes:
@@ -106,14 +112,27 @@ class DockerSandboxes(SandboxProvider):
         client = await trio.to_thread.run_sync(connect)
         return cls(client, instance=instance_name(home))
 
-    async def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """`fn(*args, **kwargs)` in a worker thread; a docker failure becomes
-        SandboxError("<what>: <reason>")."""
+    async def call(self, what: str, fn: Callable[..., T], *args: Any,
+                   limit: float = CALL_TIMEOUT_SEC, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` in a worker thread, within `limit` seconds; a docker failure
+        becomes SandboxError("<what>: <reason>"), a lost or silent engine EngineLost. Past
+        the limit the thread is left to end by itself (the SDK's timeout, or the container
+        acted upon): waiting for it would hang whoever called, a stop or a shutdown."""
         try:
-            return await trio.to_thread.run_sync(partial(fn, *args, **kwargs),
-                                                 limiter=self.api_limiter)
+            with trio.fail_after(limit):
+                return await trio.to_thread.run_sync(partial(fn, *args, **kwargs),
+                                                     limiter=self.api_limiter,
+                                                     abandon_on_cancel=True)
+        except trio.TooSlowError:
+            raise EngineLost(f"Docker engine lost: {what}: no answer within {limit:g}s") \
+                from None
         except DOCKER_FAILURES as exc:
-            raise SandboxError(f"{what}: {_reason(exc)}", retryable=_passing(exc)) from exc
+            raise failure(what, exc) from exc
+
+    async def check(self) -> None:
+        await self.call("the Docker engine does not answer", self.client.ping, limit=10)
+        for container_id in sorted(self.unremoved):
+            await DockerSandbox(self, container_id, "", "").remove()
 
     # -- images ----------------------------------------------------------------------------
 
@@ -253,7 +272,7 @@ class DockerSandboxes(SandboxProvider):
         except trio.TooSlowError:
             raise BuildTimeout(too_slow) from None
         except DOCKER_FAILURES as exc:
-            raise SandboxError(f"{what}: {_reason(exc)}", retryable=_passing(exc)) from exc
+            raise failure(what, exc) from exc
         finally:
             if not finished:
                 for response in responses:
@@ -272,6 +291,8 @@ class DockerSandboxes(SandboxProvider):
         workdir = env.workdir or await self.image_workdir(image) or DEFAULT_WORKDIR
         kwargs: dict[str, Any] = dict(
             command=KEEPER,
+            volumes={str(await trio.to_thread.run_sync(helper_dir)): {
+                "bind": HELPER_DIR, "mode": "ro"}},
             labels={LABEL: self.instance, LABEL_PID: str(os.getpid()), LABEL_RUN: run_id,
                     LABEL_TASK: task.id},
             working_dir=workdir,
@@ -303,28 +324,13 @@ class DockerSandboxes(SandboxProvider):
             mine = {"label": f"{LABEL}={self.instance}"}
             for c in self.client.containers.list(all=True, filters=mine):
                 owner = c.labels.get(LABEL_PID, "")
-                if owner.isdigit() and int(owner) != os.getpid() and _alive(int(owner)):
+                if owner.isdigit() and int(owner) != os.getpid() and alive(int(owner)):
                     continue
                 c.remove(force=True, v=True)
                 runs.append(c.labels.get(LABEL_RUN, ""))
             return runs
 
         return await self.call("cannot remove orphaned containers", remove)
-
-
-def _passing(exc: BaseException) -> bool:
-    """A failure worth another try: the engine unreachable or its connection lost, or a
-    server-side error (5xx). A 4xx (no such image, a conflict) would fail again."""
-    if isinstance(exc, requests.exceptions.RequestException):
-        return True
-    status = getattr(exc, "status_code", None)
-    return isinstance(exc, docker.errors.APIError) and status is not None and status >= 500
-
-
-def _reason(exc: BaseException) -> str:
-    """What the engine or the registry said, without the SDK's HTTP preamble."""
-    explanation = getattr(exc, "explanation", None)
-    return str(explanation) if explanation else str(exc)
 
 
 class PullProgress:
@@ -356,16 +362,3 @@ class PullProgress:
             return None
         return round(100.0 * sum(d for d, _ in self.sizes.values()) / total, 1)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # it exists, under another user
-    try:  # a zombie (killed, not yet reaped by its parent) is dead too
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True

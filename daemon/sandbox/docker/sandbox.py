@@ -4,41 +4,37 @@ every process but the keeper, stats, removal. Every docker SDK call runs in a wo
 
 from __future__ import annotations
 
-import io
+import logging
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import docker.errors
+from docker.utils.socket import STDERR, STDOUT, frames_iter
 
-from daemon.sandbox.base import LineHandler, Sandbox, Stats
-from daemon.sandbox.docker.streams import LineSplitter, pump, tar_of
+from daemon.sandbox.base import (
+    COPY_LIMIT,
+    CopiedFiles,
+    LineHandler,
+    Sandbox,
+    SandboxError,
+    Stats,
+)
+from daemon.sandbox.docker.errors import DOCKER_FAILURES, failure
+from daemon.sandbox.docker.helper import KILL_ALL
+from daemon.sandbox.docker.streams import ChunkReader, LineSplitter, pump, shut_down, tar_of
 
 if TYPE_CHECKING:
     from daemon.sandbox.docker.provider import DockerSandboxes
 
-# Kill every process in the container except PID 1 and this shell, until none is left alive.
-# `kill -9 -1` from inside reaches processes that escaped with setsid/nohup/double fork;
-# ending the `docker exec` client would leave them running.
-KILL_ALL = r"""
-i=0
-while [ $i -lt 50 ]; do
-  kill -9 -1 2>/dev/null
-  alive=0
-  for d in /proc/[0-9]*; do
-    p=${d#/proc/}
-    [ "$p" = 1 ] && continue
-    [ "$p" = $$ ] && continue
-    read -r line < "$d/stat" 2>/dev/null || continue
-    s=${line##*) }; s=${s%% *}
-    [ "$s" = Z ] || [ "$s" = X ] || alive=1
-  done
-  [ $alive = 0 ] && exit 0
-  i=$((i+1))
-done
-exit 1
-"""
+log = logging.getLogger("tbhud.sandbox")
+
+# The in-container kill gets this long before the container itself is killed: a flood of
+# output can hold a `docker exec` for minutes.
+KILL_EXEC_SEC = 3
+KILL_CONTAINER_SEC = 10
+COPY_TIMEOUT_SEC = 600  # copying a directory out, up to COPY_LIMIT bytes
 
 
 class DockerSandbox(Sandbox):
@@ -59,20 +55,31 @@ class DockerSandbox(Sandbox):
             environment=environment)
         exec_id = created["Id"]
         splitters = {"stdout": LineSplitter(max_line), "stderr": LineSplitter(max_line)}
+        names = {STDOUT: "stdout", STDERR: "stderr"}
+        sockets: list[Any] = []
 
         def produce() -> Iterator[tuple[str, bytes]]:
-            for out, err in api.exec_start(exec_id, stream=True, demux=True):
-                if out:
-                    yield "stdout", out
-                if err:
-                    yield "stderr", err
+            sock = api.exec_start(exec_id, socket=True)
+            sockets.append(sock)
+            for stream, data in frames_iter(sock, tty=False):
+                if data:
+                    yield names.get(stream, "stdout"), data
 
         def consume(item: tuple[str, bytes]) -> None:
             stream, data = item
             for line in splitters[stream].feed(data):
                 on_line(stream, line)
 
-        await pump(produce, consume, limiter=self.provider.stream_limiter)
+        try:
+            await pump(produce, consume, limiter=self.provider.stream_limiter)
+        except (*DOCKER_FAILURES, OSError) as exc:
+            raise failure("the command's output stream broke", exc) from exc
+        finally:
+            # Cut off or cancelled, nobody reads any more: hang up, or the engine blocks
+            # writing the output (a flood) and with it every other call on this container,
+            # a kill too. (After the end of the stream this only closes it.)
+            for sock in sockets:
+                shut_down(sock)
         for stream, splitter in splitters.items():
             for line in splitter.flush():
                 on_line(stream, line)
@@ -80,54 +87,64 @@ class DockerSandbox(Sandbox):
         return int(info.get("ExitCode") or 0)
 
     async def kill_all(self) -> None:
+        """The helper's killall, by absolute path from its read-only mount (an agent cannot
+        replace it); when it fails or does not answer in KILL_EXEC_SEC, the container is
+        killed from outside and started again (its filesystem kept)."""
         api = self.provider.client.api
 
         def kill() -> int | None:
-            try:
-                exec_id = api.exec_create(self.id, ["sh", "-c", KILL_ALL], user="0")["Id"]
-                api.exec_start(exec_id)
-                code: int | None = api.exec_inspect(exec_id).get("ExitCode")
-                return code
-            except docker.errors.APIError:
-                return None  # e.g. no `sh` in the image: the restart below does it
+            exec_id = api.exec_create(self.id, KILL_ALL, user="0")["Id"]
+            api.exec_start(exec_id)
+            code: int | None = api.exec_inspect(exec_id).get("ExitCode")
+            return code
 
-        if await self.provider.call("cannot kill the processes", kill) != 0:
-            # No shell in the image, or something would not die: restarting the container
-            # kills every process in it and keeps its filesystem.
-            await self.provider.call("cannot restart the container", api.restart, self.id,
-                                     timeout=0)
+        try:
+            if await self.provider.call("cannot kill the processes", kill,
+                                        limit=KILL_EXEC_SEC) == 0:
+                return
+        except SandboxError as exc:
+            log.warning("container %s: %s; killing the container", self.id[:12], exc)
+        await self.provider.call("cannot kill the container", api.kill, self.id,
+                                 limit=KILL_CONTAINER_SEC)
+        await self.provider.call("cannot start the container again", api.start, self.id,
+                                 limit=KILL_CONTAINER_SEC)
 
     async def put_files(self, files: dict[str, bytes], dest: str) -> None:
         await self.provider.call(f"cannot copy files to {dest}", self.provider.client.api.
                                  put_archive, self.id, "/", tar_of(files, dest))
 
-    async def get_dir(self, path: str, host_dir: Path) -> list[Path]:
+    async def get_dir(self, path: str, host_dir: Path, *,
+                      limit: int = COPY_LIMIT) -> CopiedFiles:
         api = self.provider.client.api
 
-        def fetch() -> list[Path]:
+        def fetch() -> CopiedFiles:
             try:
                 stream, _ = api.get_archive(self.id, path)
             except docker.errors.NotFound:
-                return []
-            data = io.BytesIO(b"".join(stream))
-            copied: list[Path] = []
-
-            def only_safe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-                # The "data" filter refuses links out and paths that would escape host_dir;
-                # such a member (planted by an agent, say) is left out, the rest is copied.
-                try:
-                    kept = tarfile.data_filter(member, dest)
-                except tarfile.FilterError:
-                    return None
-                if kept.isfile():
-                    copied.append(host_dir / kept.name)
-                return kept
-
-            with tarfile.open(fileobj=data) as tar:
-                tar.extractall(host_dir, filter=only_safe)
+                return CopiedFiles()
+            copied = CopiedFiles()
+            budget = limit
+            # Read as a stream ("r|"): one member at a time from the socket to its file,
+            # so memory stays flat whatever the directory holds.
+            with tarfile.open(fileobj=ChunkReader(stream), mode="r|") as tar:
+                for member in tar:
+                    # The "data" filter refuses links out and paths that would escape
+                    # host_dir; such a member (planted by an agent, say) is left out.
+                    try:
+                        kept = tarfile.data_filter(member, str(host_dir))
+                    except tarfile.FilterError:
+                        continue
+                    if kept.isfile():
+                        if kept.size > budget:
+                            copied.left_out.append(kept.name)
+                            continue
+                        budget -= kept.size
+                        copied.append(host_dir / kept.name)
+                    tar.extract(kept, host_dir, filter="fully_trusted")
             return copied
 
-        result: list[Path] = await self.provider.call(f"cannot copy {path} out", fetch)
+        result: CopiedFiles = await self.provider.call(f"cannot copy {path} out", fetch,
+                                                       limit=COPY_TIMEOUT_SEC)
         return result
 
     async def stats(self, on_stats: Callable[[Stats], None]) -> None:
@@ -144,7 +161,10 @@ class DockerSandbox(Sandbox):
             if stats is not None:
                 on_stats(stats)
 
-        await pump(produce, consume, limiter=self.provider.stream_limiter)
+        try:
+            await pump(produce, consume, limiter=self.provider.stream_limiter)
+        except (*DOCKER_FAILURES, OSError) as exc:
+            raise failure("the container's stats stream broke", exc) from exc
 
     async def remove(self) -> None:
         api = self.provider.client.api
@@ -158,7 +178,12 @@ class DockerSandbox(Sandbox):
                 if "already in progress" not in str(exc):
                     raise
 
-        await self.provider.call("cannot remove the container", remove)
+        try:
+            await self.provider.call("cannot remove the container", remove)
+        except SandboxError:
+            self.provider.unremoved.add(self.id)  # tried again when the engine answers
+            raise
+        self.provider.unremoved.discard(self.id)
 
 
 def parse_stats(sample: dict[str, Any]) -> Stats | None:

@@ -52,6 +52,29 @@ async def pump(produce: Callable[[], Iterator[Any]], consume: Callable[[Any], No
         raise
 
 
+class ChunkReader(io.RawIOBase):
+    """A binary file over an iterator of byte chunks (the SDK's streamed archive), for
+    readers such as tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self.chunks = iter(chunks)
+        self.rest = memoryview(b"")  # a view: taking a piece does not copy the rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.rest:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                return 0
+            self.rest = memoryview(chunk)
+        n = min(len(buffer), len(self.rest))
+        buffer[:n] = self.rest[:n]
+        self.rest = self.rest[n:]
+        return n
+
+
 class LineSplitter:
     """Bytes in, whole decoded lines out (a partial line waits for its end)."""
 
@@ -97,11 +120,16 @@ def _parents(rel: str) -> Iterator[str]:
 
 
 def hang_up(response: Any) -> None:
-    """End a streaming HTTP response that another thread is reading: shutdown() wakes the
-    blocked read and tells the peer at once (close() would wait for the reader)."""
+    """End a streaming HTTP response that another thread is reading."""
     sock = getattr(getattr(response.raw, "connection", None), "sock", None)
     if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # the connection is already gone: nothing left to hang up
+        shut_down(sock)
+
+
+def shut_down(sock: Any) -> None:
+    """shutdown() a socket (or the SDK's SocketIO around one) that another thread reads: it
+    wakes the blocked read and tells the peer at once (close() would wait for the reader)."""
+    try:
+        getattr(sock, "_sock", sock).shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # the connection is already gone: nothing left to hang up
