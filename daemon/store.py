@@ -54,6 +54,11 @@ RESULT_COLUMNS = ("task_id, outcome, duration_ms, tests_passed, tests_total, rew
                   " tokens, cost_usd, error")
 
 
+# Columns added to task_results after its first schema (issue 10), one ALTER each for stores
+# made before them: the agent's program version, and whether an error may pass by itself.
+AGENT_COLUMNS = {"agent_version": "TEXT", "retryable": "INTEGER"}
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -69,6 +74,13 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
+        self._add_columns("task_results", AGENT_COLUMNS)
+
+    def _add_columns(self, table: str, columns: dict[str, str]) -> None:
+        have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -98,6 +110,9 @@ class Store:
              result.tests_total, result.reward, result.turns, result.tokens, result.cost_usd,
              result.error),
         )
+        self.db.execute(
+            "UPDATE task_results SET agent_version = ?, retryable = ? WHERE run_id = ?"
+            " AND task_id = ?", (result.agent_version, result.retryable, run_id, result.task_id))
 
     def finish_run(self, run_id: str, *, status: str, total_duration_ms: int) -> RunReport:
         """Mark the run ended, write report.json, and return the report."""
@@ -148,9 +163,12 @@ class Store:
 
     def task_results(self, run_id: str) -> list[TaskResult]:
         rows = self.db.execute(
-            f"SELECT {RESULT_COLUMNS} FROM task_results WHERE run_id = ?", (run_id,)
+            f"SELECT {RESULT_COLUMNS}, {', '.join(AGENT_COLUMNS)} FROM task_results"
+            " WHERE run_id = ?", (run_id,)
         ).fetchall()
-        results = [TaskResult(*row) for row in rows]
+        results = [TaskResult(*row[:-2], agent_version=row[-2],
+                              retryable=None if row[-1] is None else bool(row[-1]))
+                   for row in rows]
         order = {tid: i for i, tid in enumerate(self._task_ids(run_id))}
         return sorted(results, key=lambda r: order.get(r.task_id, len(order)))
 

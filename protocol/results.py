@@ -24,6 +24,11 @@ class TaskResult:
     # Why an `error` or `timeout` happened, or what the agent reported on a failure
     # (e.g. "claude-code: error_max_turns"); null for a plain success or failure.
     error: str | None
+    # The agent's program version (claude-code: the CLI's), when it tells (issue 10).
+    agent_version: str | None = None
+    # An `error` whose cause may pass by itself (the model API overloaded or unreachable):
+    # running the task again may succeed. Null when not an error or not known.
+    retryable: bool | None = None
 
 
 @attrs.frozen

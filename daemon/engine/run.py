@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 import trio
 
-from daemon.agents import make_agent
+from daemon.agents import Agent, prepare_agent
 from daemon.engine.task import TaskRun, _ms
 from daemon.sandbox import SandboxProvider
 from daemon.store import Store, now_iso
@@ -96,9 +96,12 @@ class Engine:
     # -- a run -----------------------------------------------------------------------------
 
     async def run(self, suite: Suite, tasks: list[TaskSpec], config: RunConfig, *,
-                  run_id: str | None = None,
+                  run_id: str | None = None, agent: Agent | None = None,
                   task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> RunReport:
-        agent = make_agent(config.agent, config.agent_options)
+        """`agent`: the run's agent, prepared already (prepare_agent); else it is made and
+        prepared here, before anything is stored or any sandbox starts."""
+        if agent is None:
+            agent = await prepare_agent(config.agent, config.agent_options)
         run = _Run(run_id or new_run_id())
         task_ids = [t.id for t in tasks]
         timestamp = now_iso()

@@ -107,7 +107,12 @@ class TaskRun:
             if result is None:  # the scope was cancelled: stopped by a user
                 result = self._result("error", error="stopped")
         except* (SandboxError, AgentError) as group:
-            result = self._result("error", error=str(group.exceptions[0]))
+            failure = group.exceptions[0]
+            if isinstance(failure, AgentError):
+                result = self._result("error", error=str(failure), agent=failure.result,
+                                      retryable=failure.retryable)
+            else:
+                result = self._result("error", error=str(failure))
         except* Exception as group:  # a crashed step fails its task, never the run
             log.error("task %s of run %s crashed", task.id, self.run_id, exc_info=group)
             result = self._result("error", error=f"internal error: {group.exceptions[0]!r}")
@@ -128,7 +133,8 @@ class TaskRun:
         image = await self.sandboxes.prepare_image(
             task, self.system, run_id=self.run_id, timeout_multiplier=mult,
             pull=self.config.pull, progress=self._setup_progress)
-        sandbox = self.sandbox = await self.sandboxes.create(task, image, run_id=self.run_id)
+        sandbox = self.sandbox = await self.sandboxes.create(task, image, run_id=self.run_id,
+                                                             mounts=self.agent.mounts())
         env = task.environment
         self.emit(ContainerStart(run_id=self.run_id, task_id=task.id, container_id=sandbox.id,
                                  image=image, cpus=env.cpus, memory_mb=env.memory_mb))
@@ -230,7 +236,8 @@ class TaskRun:
 
     def _result(self, outcome: str, *, error: str | None = None, reward: float | None = None,
                 tests_passed: int | None = None, tests_total: int | None = None,
-                agent: AgentResult | None = None) -> TaskResult:
+                agent: AgentResult | None = None,
+                retryable: bool | None = None) -> TaskResult:
         agent = agent or AgentResult()
         if outcome != "success" and agent.note:
             # What the agent said went wrong (e.g. "claude-code: error_max_turns") stays
@@ -239,7 +246,8 @@ class TaskRun:
         return TaskResult(task_id=self.task.id, outcome=outcome,  # type: ignore[arg-type]
                           duration_ms=self.elapsed_ms(), tests_passed=tests_passed,
                           tests_total=tests_total, reward=reward, turns=agent.turns,
-                          tokens=agent.tokens, cost_usd=agent.cost_usd, error=error)
+                          tokens=agent.tokens, cost_usd=agent.cost_usd, error=error,
+                          agent_version=agent.version, retryable=retryable)
 
     async def _teardown(self, *, kill_first: bool) -> None:
         """Remove the sandbox (killing what runs in it first when asked). Runs shielded,

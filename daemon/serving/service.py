@@ -24,7 +24,8 @@ from pathlib import Path
 
 import trio
 
-from daemon.agents import OptionError, resolve_options
+from daemon.agents import Agent, OptionError, prepare_agent, resolve_options
+from daemon.agents.base import AgentError
 from daemon.engine.run import Engine, RunConfig, new_run_id
 from daemon.sandbox import SandboxError, SandboxProvider, open_local
 from daemon.serving.emitter import Emitter, Emitters
@@ -247,10 +248,14 @@ class Service:
                 engine = await self._engine()
             except SandboxError as exc:
                 raise RpcError(RUN_FAILED, str(exc)) from exc
+            try:  # no credential, no CLI to provide: refused before any container starts
+                prepared = await prepare_agent(agent, options)
+            except AgentError as exc:
+                raise RpcError(RUN_FAILED, str(exc)) from exc
             for url in p.emit_to or ():
                 await self.emitters.add(Emitter(url, p.emit_token), run_id=run_id)
             await self.nursery.start(self._run, engine, suite, tasks, config, run_id,
-                                     output_dir)
+                                     output_dir, prepared)
         except BaseException:
             self.current = None
             self.idle.set()
@@ -258,10 +263,11 @@ class Service:
         return run_id
 
     async def _run(self, engine: Engine, suite: Suite, tasks: list[TaskSpec],
-                   config: RunConfig, run_id: str, output_dir: Path | None,
+                   config: RunConfig, run_id: str, output_dir: Path | None, agent: Agent,
                    task_status: trio.TaskStatus[None]) -> None:
         try:
-            await engine.run(suite, tasks, config, run_id=run_id, task_status=task_status)
+            await engine.run(suite, tasks, config, run_id=run_id, agent=agent,
+                             task_status=task_status)
             if output_dir is not None:
                 await trio.to_thread.run_sync(functools.partial(
                     shutil.copytree, self.store.run_dir(run_id), output_dir / run_id,
