@@ -31,7 +31,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import attrs
-import requests
 
 PACKAGE = "@anthropic-ai/claude-code"
 PLATFORMS = ("linux-x64", "linux-x64-musl", "linux-arm64", "linux-arm64-musl")
@@ -99,6 +98,8 @@ def package_name(platform: str) -> str:
 
 def metadata(registry: str, package: str, version: str) -> dict[str, object]:
     """The registry's document for one version (or dist-tag, e.g. "latest") of a package."""
+    import requests  # here: a client-only install (no requests) still lists the agents
+
     url = f"{registry}{quote(package, safe='@')}/{quote(version)}"
     try:
         response = requests.get(url, timeout=META_TIMEOUT_SEC)
@@ -180,6 +181,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _download(registry: str, package: str, version: str, target: Path) -> None:
+    import requests  # see metadata()
+
     doc = metadata(registry, package, version)
     dist = doc.get("dist")
     if not isinstance(dist, dict) or not isinstance(dist.get("tarball"), str):
