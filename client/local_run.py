@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -43,6 +43,7 @@ def run_locally(args: argparse.Namespace) -> RunReport:
     """The run's report; BadInput for a task or suite that does not load, CommandError when
     Docker cannot be used."""
     try:
+        from daemon.agents.base import AgentError
         from daemon.sandbox import SandboxError
         from daemon.tasks.model import LoadError
     except ModuleNotFoundError as exc:  # a client-only install (no docker SDK)
@@ -52,12 +53,13 @@ def run_locally(args: argparse.Namespace) -> RunReport:
         return _run(args)
     except LoadError as exc:
         raise BadInput(str(exc)) from exc
-    except SandboxError as exc:
+    except (SandboxError, AgentError) as exc:
         raise CommandError(str(exc)) from exc
 
 
 def _run(args: argparse.Namespace) -> RunReport:
     # The daemon's engine, in this process: imported only when it runs here.
+    from daemon.agents import prepare_agent
     from daemon.engine.run import Engine
     from daemon.paths import data_dir
     from daemon.sandbox import open_local
@@ -70,9 +72,11 @@ def _run(args: argparse.Namespace) -> RunReport:
     config = config_from_args(args, container_stats=False)
     home = data_dir()
     progress = Progress(verbose=args.verbose)
-    holder: dict[str, RunReport] = {}
+    holder: dict[str, Any] = {}
 
     async def main() -> None:
+        # No credential, no CLI to provide: refused before anything starts.
+        holder["agent"] = await prepare_agent(config.agent, config.agent_options)
         # The engine first: with no Docker here, nothing is written to the data directory.
         sandboxes = await open_local(home)
         await sandboxes.remove_orphans()
@@ -98,6 +102,7 @@ def _run(args: argparse.Namespace) -> RunReport:
 
                 async def run_it(task_status: trio.TaskStatus[str]) -> None:
                     holder["report"] = await engine.run(suite, tasks, config,
+                                                        agent=holder["agent"],
                                                         task_status=task_status)
                     nursery.cancel_scope.cancel()  # ends the signal watcher
 

@@ -102,6 +102,11 @@ def _owner_alive(run_dir: Path) -> bool:
     return pid != os.getpid() and alive(pid)
 
 
+# Columns added to task_results after its first schema, one ALTER each for stores made
+# before them: the agent's program version (claude-code: the CLI's).
+AGENT_COLUMNS = {"agent_version": "TEXT"}
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -116,6 +121,13 @@ class Store:
         self.db.execute("PRAGMA busy_timeout=5000")
         _migrate(self.db)
         self.db.executescript(SCHEMA)
+        self._add_columns("task_results", AGENT_COLUMNS)
+
+    def _add_columns(self, table: str, columns: dict[str, str]) -> None:
+        have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -157,6 +169,10 @@ class Store:
              result.tests_total, result.reward, result.turns, result.tokens, result.cost_usd,
              result.error, result.attempt, result.tries, int(result.retryable)),
         )
+        self.db.execute(
+            "UPDATE task_results SET agent_version = ? WHERE run_id = ? AND task_id = ?"
+            " AND attempt = ? AND try = ?",
+            (result.agent_version, run_id, result.task_id, result.attempt, result.tries))
 
     def finish_run(self, run_id: str, *, status: str, total_duration_ms: int) -> RunReport:
         """Mark the run ended, write report.json, and return the report. The duration adds
@@ -245,12 +261,13 @@ class Store:
     def _results(self, run_id: str) -> tuple[list[TaskResult], list[TaskResult]]:
         """(final results, the tries a later try replaced), in suite order then attempt."""
         rows = self.db.execute(
-            f"SELECT {RESULT_COLUMNS} FROM task_results WHERE run_id = ? ORDER BY try",
-            (run_id,)).fetchall()
+            f"SELECT {RESULT_COLUMNS}, {', '.join(AGENT_COLUMNS)} FROM task_results"
+            " WHERE run_id = ? ORDER BY try", (run_id,)).fetchall()
         final: dict[tuple[str, int], TaskResult] = {}
         retried: list[TaskResult] = []
         for row in rows:
-            result = TaskResult(*row[:-1], retryable=bool(row[-1]))
+            *fields, retryable, agent_version = row
+            result = TaskResult(*fields, retryable=bool(retryable), agent_version=agent_version)
             earlier = final.get((result.task_id, result.attempt))
             if earlier is not None:
                 retried.append(earlier)

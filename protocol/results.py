@@ -28,10 +28,12 @@ class TaskResult:
     error: str | None
     # Which of the run's K attempts at the task this is (1..K), how many tries it took
     # (retries of retryable errors included), and whether its error was an infrastructure
-    # failure worth another try (a lost engine, a failed pull).
+    # failure worth another try (a lost engine, a failed pull, the model API overloaded).
     attempt: int = 1
     tries: int = 1
     retryable: bool = False
+    # The agent's program version (claude-code: the CLI's), when it tells.
+    agent_version: str | None = None
 
 
 @attrs.frozen

@@ -263,6 +263,9 @@ class AgentInfo:
     description: str
     options: list[AgentOptionInfo]
     needs: AgentNeeds
+    # Versions of the agent's program the daemon has ready (claude-code: the cached CLI
+    # builds, newest first); null for agents that bring nothing.
+    installed: list[str] | None = None
 
 
 @attrs.frozen

@@ -57,7 +57,7 @@ def test_catalogue_is_protocol_data_with_types_defaults_and_needs():
     assert (options["max_turns"].type, options["max_turns"].default) == ("integer", None)
     assert claude.needs == AgentNeeds(
         credentials=("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"),
-        env=("ANTHROPIC_MODEL",), binaries=("claude",))
+        env=("ANTHROPIC_MODEL", "ANTHROPIC_BASE_URL"), files=("/opt/tbhud/bin/claude",))
     command = by_name["command"].options[0]
     assert (command.name, command.type, command.required) == ("command", "string", True)
     assert by_name["nop"].options == [] and by_name["nop"].needs == AgentNeeds()
@@ -65,9 +65,11 @@ def test_catalogue_is_protocol_data_with_types_defaults_and_needs():
 
 def test_make_agent_builds_from_declared_defaults_and_given_values():
     assert make_agent("claude-code") == ClaudeCodeAgent(testgen=True, model=None,
-                                                         max_turns=None)
+                                                         max_turns=None, version=None,
+                                                         binary=None)
     agent = make_agent("claude-code", {"testgen": False, "max_turns": 7, "model": "m"})
-    assert agent == ClaudeCodeAgent(testgen=False, model="m", max_turns=7)
+    assert agent == ClaudeCodeAgent(testgen=False, model="m", max_turns=7, version=None,
+                                    binary=None)
     assert make_agent("command", {"command": "ls"}).command == "ls"  # type: ignore[attr-defined]
 
 

@@ -1,5 +1,7 @@
 """The claude-code agent in real containers, with a stand-in `claude` that replays recorded
-stream-json transcripts (tests/fixtures/claude/). No test calls the real API."""
+stream-json transcripts (tests/fixtures/claude/), provided as the user's own build would be
+(`binary=PATH`, mounted at /opt/tbhud/bin/claude). No test calls the real API; the real CLI
+is tested in tests/test_claude_real.py."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import docker
 import pytest
 import trio
 
-from daemon.agents.claude_code import MISSING_CLAUDE, api_busy, claude_argv, result_note
+from daemon.agents.base import AgentError
+from daemon.agents.claude_code import api_failure, claude_argv, result_note
 from daemon.agents.claude_stream import Final, testgen_instruction
 from daemon.engine.run import RunConfig
 from daemon.tasks.loader import load
@@ -37,6 +40,7 @@ from tests.test_claude_stream import (
 )
 
 FAKE_IMAGE = "tbhud-test/fake-claude:latest"
+STAND_IN = FIXTURES / "claude"
 LIMIT = 180  # seconds any one engine test may take
 KEY = "sk-test-SECRET-4f9c2a7e1b8d3f60a5c9e2d4"
 TOKEN = "oauth-test-SECRET-7d1e9b3c"
@@ -48,6 +52,12 @@ VERIFIER = """\
         2>/dev/null
     if [ -f /app/hello.txt ]; then echo 1; else echo 0; fi > /logs/verifier/reward.txt
     """
+
+
+@pytest.fixture(autouse=True)
+def credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run without a credential is refused: every test here has one unless it says not."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
 
 
 @pytest.fixture(scope="session")
@@ -93,14 +103,18 @@ def claude_task(root: Path, name: str, *, transcript: str = "success.jsonl",
 
 
 async def run(rig: Rig, path: Path, **options: object):
+    options.setdefault("binary", str(STAND_IN))
     suite = load(path)
     with trio.fail_after(LIMIT):
         return await rig.engine.run(suite, list(suite.tasks),
                                     RunConfig(agent="claude-code", agent_options=options))
 
 
-def agent_lines(rig: Rig) -> list[str]:
-    return [e.text for e in rig.of_type(TBTaskOutput) if e.source == "agent"]
+def agent_lines(rig: Rig, *, leaks: bool = True) -> list[str]:
+    """The agent's output lines; without the stand-in's own (redacted) credential leak line
+    on stderr when `leaks` is false (test_credentials_... checks that line)."""
+    return [e.text for e in rig.of_type(TBTaskOutput) if e.source == "agent"
+            and (leaks or not e.text.startswith("fake claude: got "))]
 
 
 def traces(rig: Rig, report, name: str) -> str:
@@ -151,8 +165,8 @@ async def test_success_transcript_events_turns_and_result(rig: Rig, tmp_path: Pa
     assert stored is not None and stored.tasks[0] == result
 
     # Readable output lines, the non-JSON lines as they came, in the events and the log.
-    lines = agent_lines(rig)
-    assert lines[0] == "claude-code started: model claude-sonnet-4-5-20250929, 15 tools"
+    lines = agent_lines(rig, leaks=False)
+    assert lines[0] == "claude-code 2.0.14 started: model claude-sonnet-4-5-20250929, 15 tools"
     assert "[turn 1] Bash: ls -la /app" in lines
     assert any(line.startswith("(node:27) [DEP0040]") for line in lines)
     assert lines[-1].startswith("result: success, 5 turns, 83,739 tokens, $0.0536")
@@ -219,14 +233,36 @@ async def test_prompt_arrives_intact(rig: Rig, tmp_path: Path, fake_image: str,
     assert traces(rig, report, "fake-claude-prompt") == expected.rstrip("\n") + "\n"
 
 
-async def test_missing_claude_is_an_error_saying_how_to_provide_it(rig: Rig, tmp_path: Path):
-    task = make_task(tmp_path, "no-cli", test="echo 1 > /logs/verifier/reward.txt\n")
-    report = await run(rig, task)
-    result = report.tasks[0]
-    assert result.outcome == "error"
-    assert result.error == MISSING_CLAUDE
-    assert "npm install -g @anthropic-ai/claude-code" in result.error
+async def test_a_run_without_credential_is_refused_before_any_container(
+        rig: Rig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    monkeypatch.delenv("CLAUDE_CODE_OAUTH_TOKEN", raising=False)
+    task = make_task(tmp_path, "no-key", test="echo 1 > /logs/verifier/reward.txt\n")
+    with pytest.raises(AgentError) as caught:
+        await run(rig, task)
+    assert str(caught.value) == (
+        "claude-code needs a credential: set ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN in "
+        "the daemon's environment (or `tbhud run`'s when it runs the tasks itself)")
+    assert rig.events == [] and rig.store.list_runs() == []  # nothing started, nothing stored
     assert rig.containers() == []
+
+
+async def test_a_binary_that_is_not_there_is_refused_before_any_container(
+        rig: Rig, tmp_path: Path):
+    task = make_task(tmp_path, "no-cli", test="echo 1 > /logs/verifier/reward.txt\n")
+    with pytest.raises(AgentError, match=r"--claude-binary / TBHUD_CLAUDE_BINARY: /nowhere/claude"
+                       r" is not an executable file"):
+        await run(rig, task, binary="/nowhere/claude")
+    assert rig.events == [] and rig.containers() == []
+
+
+def test_cli_run_without_credential_names_the_variables(
+        home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    task = make_task(tmp_path, "no-key", test="echo 1 > /logs/verifier/reward.txt\n")
+    proc = run_cli(["run", str(task), "--agent", "claude-code"], home=home)
+    assert proc.returncode != 0
+    assert "ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN" in proc.stderr
 
 
 async def test_credentials_reach_the_container_and_nothing_else(
@@ -269,7 +305,7 @@ def test_cli_run_json_summary(home: Path, tmp_path: Path, fake_image: str,
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
     task = claude_task(tmp_path, "hello")
     proc = run_cli(["run", str(task), "--agent", "claude-code", "--max-turns", "9",
-                    "--no-testgen", "--json"], home=home)
+                    "--no-testgen", "--claude-binary", str(STAND_IN), "--json"], home=home)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     [task_result] = report["tasks"]
@@ -305,11 +341,16 @@ def test_result_note() -> None:
     assert result_note(final("success", True, "Invalid API key · Fix external API key"), 1) == (
         "claude-code: error: Invalid API key · Fix external API key")
     assert result_note(None, 137) == "claude-code: the CLI exited 137 without a result"
-    # An overloaded or rate-limited API is a retryable error; other failures are judged.
-    assert api_busy(final("success", True, 'API Error: 529 {"type":"overloaded_error"}'))
-    assert api_busy(final("success", True, "API Error: Rate limit reached"))
-    assert not api_busy(final("success", True, "Invalid API key · Fix external API key"))
-    assert not api_busy(final("error_max_turns", False, "rate limit")) and not api_busy(None)
+    # An overloaded or rate-limited API is a retryable error; a refused key is not; other
+    # endings are judged by the verifier.
+    for text in ('API Error: 529 {"type":"overloaded_error"}', "API Error: Rate limit reached"):
+        failure = api_failure(final("success", True, text))
+        assert failure is not None and failure.retryable, text
+    refused = api_failure(final("success", True, "Invalid API key · Fix external API key"))
+    assert refused is not None and not refused.retryable
+    assert "authentication failed" in str(refused)
+    assert api_failure(final("error_max_turns", False, "rate limit")) is None
+    assert api_failure(None) is None
 
 
 async def test_a_stream_line_longer_than_the_output_cap_is_parsed_whole(

@@ -60,7 +60,8 @@ def of(items: list, cls: type) -> list:
 def test_success_transcript() -> None:
     parser, items = parse(fixture_lines("success.jsonl"))
 
-    assert items[0] == Init(model="claude-sonnet-4-5-20250929", tools=items[0].tools)
+    assert items[0] == Init(model="claude-sonnet-4-5-20250929", tools=items[0].tools,
+                            version="2.0.14")
     assert len(items[0].tools) == 15 and "Bash" in items[0].tools
 
     # The two Node warning lines are not JSON.
@@ -109,7 +110,8 @@ def test_success_transcript() -> None:
 def test_max_turns_transcript() -> None:
     parser, items = parse(fixture_lines("max_turns.jsonl"))
 
-    assert items[0] == Init(model="claude-haiku-4-5-20251001", tools=items[0].tools)
+    assert items[0] == Init(model="claude-haiku-4-5-20251001", tools=items[0].tools,
+                            version="2.0.14")
     assert of(items, Raw) == []
     assert [(c.turn, c.tool_name, c.input_summary) for c in of(items, ToolCall)] == [
         (1, "Bash", "cd /app && make"),
@@ -195,7 +197,7 @@ def test_subagent_messages_do_not_count_as_turns() -> None:
 def test_renderings() -> None:
     _, items = parse(fixture_lines("success.jsonl"))
     rendered = [i.render() for i in items]
-    assert rendered[0] == "claude-code started: model claude-sonnet-4-5-20250929, 15 tools"
+    assert rendered[0] == "claude-code 2.0.14 started: model claude-sonnet-4-5-20250929, 15 tools"
     assert "[turn 1] Bash: ls -la /app" in rendered
     assert "[turn 3] Write: /app/hello.txt" in rendered
     error = "  -> (error) Exit code 127\n     /bin/bash: line 1: python: command not found"

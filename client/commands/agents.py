@@ -1,5 +1,9 @@
 """`tbhud agents [--json]`: the agents the daemon can run, as it declares them (getAgents):
-name, description, options (for `-o NAME=VALUE`) and what each needs from the host.
+name, description, options (for `-o NAME=VALUE`), what each needs from the host and, for one
+that brings a program (claude-code), the versions ready.
+
+`tbhud agents install NAME [--version V]` fetches that program ahead of a run, in this process
+(into this machine's data directory, which a local daemon shares).
 
 Asks the daemon (started on demand, like the other commands) rather than the registry in this
 process: the daemon is what runs the agents, on its box (`--url`), with its environment.
@@ -11,7 +15,14 @@ import argparse
 import json
 from typing import Any
 
-from client.commands.common import EXIT_OK, add_daemon_options, print_json, talk
+from client.commands.common import (
+    EXIT_OK,
+    BadInput,
+    CommandError,
+    add_daemon_options,
+    print_json,
+    talk,
+)
 
 
 def needs_lines(needs: dict[str, Any]) -> list[str]:
@@ -40,6 +51,10 @@ def agents_text(agents: list[dict[str, Any]]) -> str:
         needs = needs_lines(agent.get("needs") or {}) or ["nothing"]
         lines += ["  " + line for line in table_lines]
         lines += ["  needs:", *("    " + line for line in needs)]
+        installed = agent.get("installed")
+        if installed is not None:
+            lines.append(f"  installed: {', '.join(installed) or 'none yet'} "
+                         f"(`tbhud agents install {agent['name']}`)")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
@@ -55,9 +70,29 @@ def cmd_agents(args: argparse.Namespace) -> int:
     return talk(go, args)
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    # The agent registry in this process, lazily: only this command needs it here.
+    from daemon.agents import OptionError, get_agent_spec
+    from daemon.agents.base import AgentError
+
+    try:
+        print(get_agent_spec(args.agent).install(args.version))
+    except OptionError as exc:
+        raise BadInput(str(exc)) from exc
+    except AgentError as exc:
+        raise CommandError(str(exc)) from exc
+    return EXIT_OK
+
+
 def register(sub: Any) -> None:
-    """Add `agents` to `tbhud`'s sub-parsers."""
+    """Add `agents` and `agents install` to `tbhud`'s sub-parsers."""
     p = sub.add_parser("agents", help="the agents the daemon can run: options, needs")
     p.add_argument("--json", action="store_true", help="the getAgents list")
     add_daemon_options(p)
     p.set_defaults(func=cmd_agents)
+    actions = p.add_subparsers(dest="action", metavar="{install}")
+    install = actions.add_parser(
+        "install", help="fetch an agent's program ahead of a run (claude-code: the CLI)")
+    install.add_argument("agent", help="the agent, e.g. claude-code")
+    install.add_argument("--version", help="the version (default: the latest)")
+    install.set_defaults(func=cmd_install)

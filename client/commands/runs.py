@@ -61,6 +61,10 @@ def add_agent_options(p: argparse.ArgumentParser) -> None:
                    "else taken as text")
     p.add_argument("--agent-command", help="shorthand for -o command=CMD")
     p.add_argument("--model", help="shorthand for -o model=M (agents that take one)")
+    p.add_argument("--claude-binary", metavar="PATH",
+                   help="claude-code: a Linux build of the CLI to provide in every task "
+                   "container instead of fetching one (shorthand for -o binary=PATH; a path "
+                   "on the daemon's machine; default $TBHUD_CLAUDE_BINARY)")
 
 
 def add_pull_option(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -70,7 +74,10 @@ def add_pull_option(p: argparse.ArgumentParser, default: str | None) -> None:
 
 
 def agent_options(args: argparse.Namespace) -> dict[str, object]:
-    return dict(args.agent_option)
+    options = dict(args.agent_option)
+    if args.claude_binary:  # the daemon may run elsewhere: the path is sent as given
+        options["binary"] = args.claude_binary
+    return options
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:

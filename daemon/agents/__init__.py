@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import json
+import os
 import pkgutil
 from collections.abc import Mapping
 from typing import Any
@@ -143,9 +144,19 @@ def make_agent(name: str, options: Mapping[str, Any] | None = None) -> Agent:
     return get_agent_spec(name)(**check_options(name, options or {}))
 
 
+async def prepare_agent(name: str, options: Mapping[str, Any] | None = None,
+                        environ: Mapping[str, str] | None = None) -> Agent:
+    """`make_agent`, then its `prepare` against `environ` (default: this process's
+    environment): what a run does before any sandbox. AgentError refuses the run."""
+    agent = make_agent(name, options)
+    await agent.prepare(os.environ if environ is None else environ)
+    return agent
+
+
 def agent_info(cls: type[Agent]) -> AgentInfo:
     """An agent's declarations as protocol data (getAgents, `tbhud agents`)."""
-    return AgentInfo(name=cls.name, description=cls.description, needs=cls.needs, options=[
+    return AgentInfo(name=cls.name, description=cls.description, needs=cls.needs,
+                     installed=cls.installed(), options=[
         AgentOptionInfo(name=o.name, type=_TYPE_WORDS[o.type][0],  # type: ignore[arg-type]
                         default=o.default, required=o.required, help=o.help)
         for o in cls.options])
@@ -155,5 +166,5 @@ def catalogue() -> list[AgentInfo]:
     return [agent_info(cls) for _, cls in sorted(registry().items())]
 
 
-__all__ = ["Agent", "OptionError", "catalogue", "get_agent_spec", "make_agent", "registry",
-           "resolve_options"]
+__all__ = ["Agent", "OptionError", "catalogue", "get_agent_spec", "make_agent", "prepare_agent",
+           "registry", "resolve_options"]

@@ -16,7 +16,7 @@ from typing import ClassVar
 
 import attrs
 
-from daemon.sandbox import Sandbox
+from daemon.sandbox import Mount, Sandbox
 from daemon.tasks.model import TaskSpec
 from protocol import Event
 from protocol.rpc import AgentNeeds, AgentOptionValue
@@ -41,11 +41,15 @@ class Option:
 
 class AgentError(RuntimeError):
     """The agent could not run at all; the task's outcome becomes `error` with this text.
-    `retryable`: a passing cause (the model API overloaded or rate-limited), tried again."""
+    `retryable`: the cause may pass by itself (the model API overloaded, rate-limited or
+    unreachable), so running the task again may succeed. Raised by `Agent.prepare`, it
+    refuses the run."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False,
+                 result: AgentResult | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.result = result  # what the agent did before it failed (turns, tokens)
 
 
 @attrs.frozen
@@ -56,6 +60,7 @@ class AgentResult:
     # An agent that ran but reports a failure of its own (e.g. max turns) says so here;
     # verification still decides the outcome.
     note: str | None = None
+    version: str | None = None  # of the agent's program (the CLI), when it tells
 
 
 @attrs.define
@@ -95,6 +100,26 @@ class Agent:
     description: ClassVar[str]  # one line for `tbhud agents`
     options: ClassVar[tuple[Option, ...]] = ()
     needs: ClassVar[AgentNeeds] = AgentNeeds()
+
+    @classmethod
+    def installed(cls) -> list[str] | None:
+        """Versions of the program it brings that are ready on this host (None: brings none)."""
+        return None
+
+    @classmethod
+    def install(cls, version: str | None) -> str:
+        """Fetch the program it brings ahead of a run (blocking); what was installed. An
+        AgentError when it brings none or cannot."""
+        raise AgentError(f"agent {cls.name!r} has nothing to install")
+
+    async def prepare(self, environ: Mapping[str, str]) -> None:
+        """Once per run, on the host, before any sandbox exists: fetch what the agent brings
+        into every sandbox (see `mounts`), check that `environ` (the daemon's environment)
+        has what it needs. An AgentError refuses the run."""
+
+    def mounts(self) -> list[Mount]:
+        """Host files every sandbox of the run sees read-only (after `prepare`)."""
+        return []
 
     async def run(self, ctx: AgentContext) -> AgentResult:
         raise NotImplementedError

@@ -1,11 +1,19 @@
 """The `claude-code` agent: the Claude Code CLI, run inside the task's container.
 
-    claude -p --output-format stream-json --verbose --dangerously-skip-permissions \
+    /opt/tbhud/bin/claude -p --output-format stream-json --verbose --dangerously-skip-permissions \
            [--max-turns N] [--model M]  < /tbhud/prompt.md
 
 The prompt (the instruction, wrapped in the TestGen workflow unless `testgen` is off) is copied
 into the container as a file and read from stdin, and the command line reaches the CLI as
 separate argv elements: no shell ever parses anything that came from a task or a run.
+
+tbhud provides the CLI, whatever the task's image (offline ones too): before a run it fetches
+Anthropic's native Linux build of the chosen version from the npm registry once
+(claude_fetch.py) and every task container gets that version's directory as a read-only bind
+mount at /opt/tbhud/claude; in the container the agent picks the glibc or musl build (by
+looking for musl's loader) and links it at /opt/tbhud/bin/claude. `binary=PATH` (or
+TBHUD_CLAUDE_BINARY) mounts a build the user has instead, at /opt/tbhud/bin/claude itself.
+A run with no credential is refused before any container starts.
 
 Credentials are what `needs` declares: the engine hands over those variables from the daemon's
 environment (`ctx.host_env`), and they go into the exec's environment only. Every line the CLI
@@ -14,10 +22,15 @@ prints is redacted before anything else sees it.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Mapping
+from pathlib import Path
 
 import attrs
+import trio
 
+from daemon.agents import claude_fetch
 from daemon.agents.base import INSTRUCTION_DIR, Agent, AgentContext, AgentError, AgentResult, Option
 from daemon.agents.claude_stream import (
     ClaudeStreamParser,
@@ -32,8 +45,34 @@ from daemon.agents.claude_stream import (
     testgen_instruction,
     truncate_output,
 )
+from daemon.sandbox import Mount
 from protocol.events import AgentMessage, ToolResult, ToolUse
 from protocol.rpc import AgentNeeds
+
+CLI_PATH = "/opt/tbhud/bin/claude"  # where the agent runs it from (documented in the README)
+BUILDS_DIR = "/opt/tbhud/claude"  # the version's builds, <platform>/claude, read-only
+BINARY_ENV = "TBHUD_CLAUDE_BINARY"
+# Run as root in the container: its platform (npm's name) and, when that build is there,
+# /opt/tbhud/bin/claude linked to it. Prints "<platform> linked" or "<platform> missing".
+LINK_SCRIPT = f"""
+case "$(uname -m)" in
+  x86_64|amd64) arch=x64;; aarch64|arm64) arch=arm64;; *) arch="$(uname -m)";;
+esac
+libc=; for f in /lib/ld-musl-*; do [ -e "$f" ] && libc=-musl; done
+p="linux-$arch$libc"
+if [ -x "{BUILDS_DIR}/$p/claude" ]; then
+  mkdir -p "${{0%/*}}" && ln -sfn "{BUILDS_DIR}/$p/claude" "$0" && echo "$p linked"
+else echo "$p missing"; fi
+"""
+# Model API statuses that may pass by themselves: rate limited, overloaded, a server error.
+RETRYABLE_STATUSES = {408, 429, 500, 502, 503, 504, 529}
+AUTH_STATUSES = {401, 403}
+# When the result carries no api_error_status, its text still says what the API answered.
+API_ERROR_TEXT = re.compile(r"API Error:? ?(\d{3})")
+# Busy without a status in the text: "overloaded_error", "Rate limit reached".
+BUSY_TEXT = re.compile(r"overloaded|rate.?limit", re.IGNORECASE)
+UNREACHABLE_TEXT = re.compile(r"Connection error|ECONNREFUSED|ENOTFOUND|ETIMEDOUT|"
+                              r"Unable to connect|fetch failed", re.IGNORECASE)
 
 PROMPT_PATH = f"{INSTRUCTION_DIR}/prompt.md"
 # As root, the CLI refuses --dangerously-skip-permissions unless told it runs in a sandbox;
@@ -45,23 +84,37 @@ RUN_SCRIPT = f'exec "$@" < {PROMPT_PATH}'
 # it must reach the parser whole, so the usual line cap is raised for this exec.
 STREAM_LINE_MAX = 32 * 1024 * 1024
 
-MISSING_CLAUDE = (
-    "claude-code: the `claude` CLI is not on the PATH in this task's image. Provide it: bake "
-    "it into the image (e.g. `RUN npm install -g @anthropic-ai/claude-code` in the task's "
-    "Dockerfile, or a docker_image that has it), or, when the task's container has network, "
-    "install it in a suite setup command (`npm install -g @anthropic-ai/claude-code`, which "
-    "needs Node.js 18+ in the image)."
-)
 
 
-def claude_argv(model: str | None, max_turns: int | None) -> list[str]:
-    argv = ["claude", "-p", "--output-format", "stream-json", "--verbose",
+def claude_argv(model: str | None, max_turns: int | None, cli: str = "claude") -> list[str]:
+    argv = [cli, "-p", "--output-format", "stream-json", "--verbose",
             "--dangerously-skip-permissions"]
     if max_turns is not None:
         argv += ["--max-turns", str(max_turns)]
     if model:
         argv += ["--model", model]
     return argv
+
+
+def api_failure(final: Final | None) -> AgentError | None:
+    """The error a session that the model API failed ends with: 401/403 -> "authentication
+    failed"; overloaded, rate limited or unreachable -> retryable. None for other endings."""
+    if final is None or not final.is_error:
+        return None
+    status = final.api_error_status
+    if status is None and (found := API_ERROR_TEXT.search(final.result_text)):
+        status = int(found.group(1))
+    reason = shorten(final.result_text, 200) or final.subtype
+    if status in AUTH_STATUSES or (status is None and "Invalid API key" in final.result_text):
+        return AgentError(f"claude-code: authentication failed (the model API answered "
+                          f"{status or 401}): {reason}")
+    if status in RETRYABLE_STATUSES or (status is None and BUSY_TEXT.search(final.result_text)):
+        answered = f"answered {status}" if status else "is busy"
+        return AgentError(f"claude-code: the model API {answered}: {reason}", retryable=True)
+    if status is None and UNREACHABLE_TEXT.search(final.result_text):
+        return AgentError(f"claude-code: the model API is unreachable: {reason}",
+                          retryable=True)
+    return None
 
 
 def result_note(final: Final | None, exit_code: int | None) -> str | None:
@@ -77,16 +130,6 @@ def result_note(final: Final | None, exit_code: int | None) -> str | None:
     return None
 
 
-# How the API says it is busy (HTTP 429 / 529, "overloaded_error", "rate_limit_error").
-_API_BUSY = re.compile(r"overloaded|rate.?limit|\b(?:429|529)\b", re.IGNORECASE)
-
-
-def api_busy(final: Final | None) -> bool:
-    """The session failed because the model API was overloaded or rate-limited: a passing
-    cause, so the task is tried again (`--retries`) rather than judged."""
-    return final is not None and final.is_error and bool(_API_BUSY.search(final.result_text))
-
-
 @attrs.frozen
 class ClaudeCodeAgent(Agent):
     name = "claude-code"
@@ -99,44 +142,130 @@ class ClaudeCodeAgent(Agent):
         Option("max_turns", int, minimum=1,
                help="--max-turns for the CLI, at least 1 (default: the task's max_turns, "
                "else the CLI's)"),
+        Option("version", str,
+               help="Claude Code version to provide, e.g. 2.1.3 (default: the npm registry's "
+               "latest, else the newest cached; see `tbhud agents install`)"),
+        Option("binary", str,
+               help="a Linux build of the CLI on the daemon's host to provide instead of "
+               f"fetching one (--claude-binary; default ${BINARY_ENV})"),
     )
     needs = AgentNeeds(
         # Hidden as *** in everything the agent reports.
         credentials=("ANTHROPIC_API_KEY", "CLAUDE_CODE_OAUTH_TOKEN"),
         # A model name, not a credential: the CLI's own init line shows it.
-        env=("ANTHROPIC_MODEL",),
-        # Declared only: the image must have it (see MISSING_CLAUDE).
-        binaries=("claude",))
+        # The model API's address, for a proxy or gateway (a task's own env wins).
+        env=("ANTHROPIC_MODEL", "ANTHROPIC_BASE_URL"),
+        # Provided by tbhud into every container (see the module's docstring).
+        files=(CLI_PATH,))
 
     testgen: bool
     model: str | None
     max_turns: int | None
+    version: str | None
+    binary: str | None
+    # What prepare() settled for the run: the version and the host path of its builds (a
+    # directory), or the user's binary (a file, version unknown until the CLI says).
+    provided: dict[str, str | None] = attrs.field(init=False, factory=dict)
+
+    @classmethod
+    def installed(cls) -> list[str] | None:
+        return list(claude_fetch.cached_versions())
+
+    @classmethod
+    def install(cls, version: str | None) -> str:
+        try:
+            build = _fetch(version)
+        except claude_fetch.FetchError as exc:
+            raise AgentError(f"claude-code: {exc}") from exc
+        return f"claude-code {build.version} ({build.platform}) at {build.path}"
+
+    async def prepare(self, environ: Mapping[str, str]) -> None:
+        if not any(environ.get(name) for name in self.needs.credentials):
+            raise AgentError(
+                f"claude-code needs a credential: set {' or '.join(self.needs.credentials)} "
+                "in the daemon's environment (or `tbhud run`'s when it runs the tasks itself)")
+        binary = self.binary or environ.get(BINARY_ENV)
+        if binary:
+            self.provided.update(binary=_executable(binary), version=None)
+            return
+        try:
+            build = await trio.to_thread.run_sync(_fetch, self.version)
+        except claude_fetch.FetchError as exc:
+            raise AgentError(f"claude-code: {exc}") from exc
+        self.provided.update(builds=str(build.path.parent.parent), version=build.version)
+
+    def mounts(self) -> list[Mount]:
+        if self.provided.get("binary"):
+            return [Mount(Path(str(self.provided["binary"])), CLI_PATH)]
+        if self.provided.get("builds"):
+            return [Mount(Path(str(self.provided["builds"])), BUILDS_DIR)]
+        return []
+
+    async def _link(self, ctx: AgentContext) -> None:
+        """/opt/tbhud/bin/claude -> the build for the container's CPU and C library."""
+        if "builds" not in self.provided:
+            return  # the user's binary is mounted there as it is
+        lines: list[str] = []
+        for _ in range(2):
+            await ctx.sandbox.exec(["sh", "-c", LINK_SCRIPT, CLI_PATH], user="0",
+                                   on_line=lambda _s, line: lines.append(line))
+            platform, _, state = (lines[-1] if lines else "? missing").partition(" ")
+            if state == "linked":
+                return
+            version = str(self.provided["version"])
+            try:  # e.g. musl: fetched the first time a task needs it, into the mounted dir
+                await trio.to_thread.run_sync(claude_fetch.ensure, version, platform)
+            except claude_fetch.FetchError as exc:
+                raise AgentError(f"claude-code: {exc}") from exc
+        raise AgentError(f"claude-code: could not provide {CLI_PATH} in the container")
 
     async def run(self, ctx: AgentContext) -> AgentResult:
-        env = ctx.host_env
+        env = dict(ctx.host_env)
+        if "ANTHROPIC_BASE_URL" in ctx.task.environment.env:
+            env.pop("ANTHROPIC_BASE_URL", None)  # the task's own routing wins
         secrets = [env[n] for n in self.needs.credentials if n in env]
         user, sandbox = ctx.task.agent_user, ctx.sandbox
-
-        check = await sandbox.exec(["sh", "-c", "command -v claude"], user=user,
-                                   on_line=lambda _s, _l: None)
-        if check.exit_code != 0:
-            raise AgentError(MISSING_CLAUDE)
+        await self._link(ctx)
 
         prompt = testgen_instruction(ctx.instruction) if self.testgen else ctx.instruction
         await sandbox.put_files({"prompt.md": prompt.encode()}, INSTRUCTION_DIR)
 
         max_turns = self.max_turns or ctx.task.max_turns
         parser = ClaudeStreamParser()
-        session = _Session(ctx, parser, secrets)
+        session = _Session(ctx, parser, secrets, self.provided.get("version"))
         done = await sandbox.exec(
-            ["sh", "-c", RUN_SCRIPT, "sh", *claude_argv(self.model, max_turns)],
+            ["sh", "-c", RUN_SCRIPT, "sh", *claude_argv(self.model, max_turns, CLI_PATH)],
             user=user, environment={**env, **SANDBOX_ENV}, on_line=session.on_line,
             max_line=STREAM_LINE_MAX)
+        failure = api_failure(parser.final)
+        if failure is not None:  # the API failed the session: no verdict on the task
+            raise AgentError(redact(str(failure), secrets), retryable=failure.retryable,
+                             result=session.result())
         note = result_note(parser.final, done.exit_code)
-        if api_busy(parser.final):
-            raise AgentError(redact(note or "claude-code: the model API is busy", secrets),
-                             retryable=True)
         return session.result(note=redact(note, secrets) if note else None)
+
+
+def _fetch(version: str | None) -> claude_fetch.Build:
+    """`version` (else the registry's latest, else the newest cached) for this machine's
+    glibc, fetched when missing (blocking)."""
+    if version is None:
+        try:
+            version = claude_fetch.latest_version()
+        except claude_fetch.FetchError:
+            cached = claude_fetch.cached_versions()
+            if not cached:
+                raise
+            version = next(iter(cached))  # offline: the newest we have
+    return claude_fetch.ensure(
+        version, claude_fetch.platform_name(claude_fetch.machine_arch(), musl=False))
+
+
+def _executable(binary: str) -> str:
+    path = Path(binary).expanduser().resolve()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise AgentError(f"claude-code: --claude-binary / {BINARY_ENV}: {binary} is not an "
+                         "executable file")
+    return str(path)
 
 
 @attrs.define
@@ -146,6 +275,7 @@ class _Session:
     ctx: AgentContext
     parser: ClaudeStreamParser
     secrets: list[str]
+    version: str | None  # the provided CLI's, when known before it starts
     turn: int = 0
 
     def on_line(self, stream: str, line: str) -> None:
@@ -189,7 +319,8 @@ class _Session:
 
     def result(self, note: str | None = None) -> AgentResult:
         s = self.parser.summary()
-        return AgentResult(turns=s.turns, tokens=s.tokens, cost_usd=s.cost_usd, note=note)
+        return AgentResult(turns=s.turns, tokens=s.tokens, cost_usd=s.cost_usd, note=note,
+                           version=self.parser.version or self.version)
 
 
 AGENT = ClaudeCodeAgent

@@ -63,9 +63,11 @@ class Init:
 
     model: str
     tools: tuple[str, ...]
+    version: str | None = None  # claude_code_version
 
     def render(self) -> str:
-        return f"claude-code started: model {self.model or '?'}, {len(self.tools)} tools"
+        head = f"claude-code {self.version} started" if self.version else "claude-code started"
+        return f"{head}: model {self.model or '?'}, {len(self.tools)} tools"
 
 
 @attrs.frozen
@@ -116,6 +118,9 @@ class Final:
     cost_usd: float | None
     tokens: int
     result_text: str
+    # The HTTP status of the model API's last error (401, 429, 529, ...), when the CLI gave up
+    # on one; None otherwise.
+    api_error_status: int | None = None
 
     def render(self) -> str:
         status = f"{self.subtype} (error)" if self.is_error else self.subtype
@@ -166,6 +171,7 @@ class ClaudeStreamParser:
         self._usage_by_message: dict[str, dict[str, Any]] = {}
         self._anonymous = 0  # assistant lines without a message id, each its own message
         self.final: Final | None = None
+        self.version: str | None = None  # the CLI's, from its init line
 
     @property
     def turn(self) -> int:
@@ -222,7 +228,9 @@ class ClaudeStreamParser:
     def _init(self, obj: dict[str, Any]) -> list[Item]:
         tools = obj.get("tools")
         names = tuple(str(t) for t in tools) if isinstance(tools, list) else ()
-        return [Init(model=_str(obj.get("model")), tools=names)]
+        version = _str_or_none(obj.get("claude_code_version"))
+        self.version = version or self.version
+        return [Init(model=_str(obj.get("model")), tools=names, version=version)]
 
     def _assistant(self, obj: dict[str, Any]) -> list[Item] | None:
         message = obj.get("message")
@@ -314,7 +322,9 @@ class ClaudeStreamParser:
             result_text = "; ".join(_str(e) or _compact_json(e) for e in obj["errors"])
         else:
             result_text = ""
-        self.final = Final(subtype, is_error, num_turns, cost_usd, tokens, result_text)
+        status = obj.get("api_error_status")
+        self.final = Final(subtype, is_error, num_turns, cost_usd, tokens, result_text,
+                           api_error_status=status if _is_int(status) else None)
         return [self.final]
 
     def _fallback_tokens(self) -> int:

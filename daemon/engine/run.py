@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import trio
 
-from daemon.agents import make_agent
+from daemon.agents import Agent, prepare_agent
 from daemon.engine.task import TaskRun, _ms, complete_event
 from daemon.sandbox import SandboxProvider
 from daemon.store import Store, now_iso
@@ -128,12 +128,16 @@ class Engine:
 
     async def run(self, suite: Suite, tasks: list[TaskSpec], config: RunConfig, *,
                   run_id: str | None = None, resume: bool = False, retry_errors: bool = False,
+                  agent: Agent | None = None,
                   task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> RunReport:
         """Run `tasks`, each `config.attempts` times. With `resume`, `run_id` is a stored run
         to continue: trials with a final result keep it (and are not run again); those
         without one, or stopped, run (and with `retry_errors`, those whose result is an
-        error); `config` should be the run's own (`RunConfig.from_stored`)."""
-        agent = make_agent(config.agent, config.agent_options)
+        error); `config` should be the run's own (`RunConfig.from_stored`). `agent`: the
+        run's agent, prepared already (prepare_agent); else it is made and prepared here,
+        before anything is stored or any sandbox starts."""
+        if agent is None:
+            agent = await prepare_agent(config.agent, config.agent_options)
         run = _Run(run_id or new_run_id())
         task_ids = [t.id for t in tasks]
         if resume:

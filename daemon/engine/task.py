@@ -163,7 +163,8 @@ class TaskRun:
         except* (SandboxError, AgentError) as group:
             failure = group.exceptions[0]
             result = self._result("error", error=str(failure),
-                                  retryable=getattr(failure, "retryable", False))
+                                  agent=failure.result if isinstance(failure, AgentError)
+                                  else None, retryable=failure.retryable)
         except* Exception as group:  # a crashed step fails its task, never the run
             log.error("task %s of run %s crashed", task.id, self.run_id, exc_info=group)
             result = self._result("error", error=f"internal error: {group.exceptions[0]!r}")
@@ -185,7 +186,8 @@ class TaskRun:
         image = await self.sandboxes.prepare_image(
             task, self.system, run_id=self.run_id, timeout_multiplier=mult,
             pull=self.config.pull, progress=self._setup_progress)
-        sandbox = self.sandbox = await self.sandboxes.create(task, image, run_id=self.run_id)
+        sandbox = self.sandbox = await self.sandboxes.create(task, image, run_id=self.run_id,
+                                                             mounts=self.agent.mounts())
         env = task.environment
         self.emit(ContainerStart(run_id=self.run_id, task_id=task.id, container_id=sandbox.id,
                                  image=image, cpus=env.cpus, memory_mb=env.memory_mb))
@@ -303,7 +305,8 @@ class TaskRun:
                           duration_ms=self.elapsed_ms(), tests_passed=tests_passed,
                           tests_total=tests_total, reward=reward, turns=agent.turns,
                           tokens=agent.tokens, cost_usd=agent.cost_usd, error=error,
-                          attempt=self.attempt, tries=self.tries, retryable=retryable)
+                          attempt=self.attempt, tries=self.tries, retryable=retryable,
+                          agent_version=agent.version)
 
     async def _teardown(self, *, kill_first: bool) -> None:
         """Remove the sandbox (killing what runs in it first when asked). Runs shielded,

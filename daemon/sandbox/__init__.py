@@ -6,14 +6,15 @@ from pathlib import Path
 from daemon.sandbox.base import (
     BuildTimeout,
     ExecResult,
+    Mount,
     Sandbox,
     SandboxError,
     SandboxProvider,
     Stats,
 )
 
-__all__ = ["BuildTimeout", "ExecResult", "Sandbox", "SandboxError", "SandboxProvider", "Stats",
-           "open_local"]
+__all__ = ["BuildTimeout", "ExecResult", "Mount", "Sandbox", "SandboxError", "SandboxProvider",
+           "Stats", "open_local"]
 
 
 async def open_local(home: Path) -> SandboxProvider:

@@ -14,7 +14,7 @@ Modelled on Inspect AI's `SandboxEnvironment` and Harbor's `BaseEnvironment`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import attrs
@@ -72,6 +72,15 @@ class CopiedFiles(list[Path]):
 class ExecResult:
     exit_code: int | None  # None when the command was cut off at its time limit
     timed_out: bool = False
+
+
+@attrs.frozen
+class Mount:
+    """A host file or directory a sandbox sees read-only at `target` (e.g. an agent's CLI,
+    provided to every task without a copy per task)."""
+
+    source: Path
+    target: str
 
 
 @attrs.frozen
@@ -153,9 +162,10 @@ class SandboxProvider(abc.ABC):
         timeout_multiplier. Lines go to `log`, a pull's share done (0-100) to `progress`."""
 
     @abc.abstractmethod
-    async def create(self, task: TaskSpec, image: str, *, run_id: str) -> Sandbox:
+    async def create(self, task: TaskSpec, image: str, *, run_id: str,
+                     mounts: Sequence[Mount] = ()) -> Sandbox:
         """Create and start `task`'s sandbox from `image`, with the task's limits, labelled
-        with the run so that `remove_orphans` can find it."""
+        with the run so that `remove_orphans` can find it; `mounts` are seen read-only."""
 
     @abc.abstractmethod
     async def check(self) -> None:

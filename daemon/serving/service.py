@@ -27,7 +27,8 @@ from pathlib import Path
 
 import trio
 
-from daemon.agents import OptionError, resolve_options
+from daemon.agents import Agent, OptionError, prepare_agent, resolve_options
+from daemon.agents.base import AgentError
 from daemon.engine.run import RETRY_BACKOFF_SEC, Engine, RunConfig, new_run_id
 from daemon.sandbox import SandboxError, SandboxProvider, open_local
 from daemon.serving.emitter import Emitter, Emitters
@@ -256,10 +257,11 @@ class Service:
             suite = await self.load_suite(p.suite_path, p.image)
             tasks = _select(suite, p.task_ids)
             engine = await self._ready_engine()
+            agent = await _prepare(config)
             for url in p.emit_to or ():
                 await self.emitters.add(Emitter(url, p.emit_token), run_id=run_id)
             await self.nursery.start(self._run, engine, suite, tasks, config, run_id,
-                                     output_dir, False, False)
+                                     output_dir, False, False, agent)
         return StartRunResult(run_id=run_id)
 
     async def resume_run(self, p: ResumeRunParams) -> StartRunResult:
@@ -285,8 +287,10 @@ class Service:
                                f"load: {exc}") from exc
             suite = await self.load_suite(report.suite_path, config.image)
             tasks = _select(suite, report.task_ids)
-            await self.nursery.start(self._run, await self._ready_engine(), suite, tasks,
-                                     config, run_id, None, True, bool(p.retry_errors))
+            engine = await self._ready_engine()
+            agent = await _prepare(config)
+            await self.nursery.start(self._run, engine, suite, tasks, config, run_id, None,
+                                     True, bool(p.retry_errors), agent)
         return StartRunResult(run_id=run_id)
 
     @contextlib.asynccontextmanager
@@ -373,10 +377,11 @@ class Service:
 
     async def _run(self, engine: Engine, suite: Suite, tasks: list[TaskSpec],
                    config: RunConfig, run_id: str, output_dir: Path | None, resume: bool,
-                   retry_errors: bool, task_status: trio.TaskStatus[None]) -> None:
+                   retry_errors: bool, agent: Agent,
+                   task_status: trio.TaskStatus[None]) -> None:
         try:
             await engine.run(suite, tasks, config, run_id=run_id, resume=resume,
-                             retry_errors=retry_errors, task_status=task_status)
+                             retry_errors=retry_errors, agent=agent, task_status=task_status)
             if output_dir is not None:
                 await trio.to_thread.run_sync(functools.partial(
                     shutil.copytree, self.store.run_dir(run_id), output_dir / run_id,
@@ -444,6 +449,15 @@ class Service:
         task_dir = self.store.runs_dir / run_id / task_id
         lines = await trio.to_thread.run_sync(_read_logs, task_dir, tail)
         return TaskOutputResult(run_id=run_id, task_id=task_id, lines=lines, live=False)
+
+
+async def _prepare(config: RunConfig) -> Agent:
+    """The run's agent, prepared on the host: no credential, or no CLI to provide, refuses
+    the run before any container starts."""
+    try:
+        return await prepare_agent(config.agent, config.agent_options)
+    except AgentError as exc:
+        raise RpcError(RUN_FAILED, str(exc)) from exc
 
 
 def _select(suite: Suite, task_ids: list[str] | None) -> list[TaskSpec]:

@@ -15,7 +15,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,6 +29,7 @@ from daemon.sandbox.base import (
     BuildTimeout,
     EngineLost,
     Log,
+    Mount,
     Progress,
     SandboxError,
     SandboxProvider,
@@ -286,7 +287,8 @@ class DockerSandboxes(SandboxProvider):
 
     # -- containers ------------------------------------------------------------------------
 
-    async def create(self, task: TaskSpec, image: str, *, run_id: str) -> DockerSandbox:
+    async def create(self, task: TaskSpec, image: str, *, run_id: str,
+                     mounts: Sequence[Mount] = ()) -> DockerSandbox:
         env = task.environment
         workdir = env.workdir or await self.image_workdir(image) or DEFAULT_WORKDIR
         kwargs: dict[str, Any] = dict(
@@ -307,6 +309,9 @@ class DockerSandboxes(SandboxProvider):
         )
         if env.network == "none":
             kwargs["network_mode"] = "none"
+        if mounts:  # bind mounts: the host's file itself, no copy per container
+            kwargs["mounts"] = [docker.types.Mount(m.target, str(m.source), type="bind",
+                                                   read_only=True) for m in mounts]
         container = await self.call("cannot create the container",
                                     self.client.containers.create, image, **kwargs)
         sandbox = DockerSandbox(self, container.id, image, workdir)
