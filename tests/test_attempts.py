@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -16,7 +17,7 @@ import pytest
 import trio
 
 from daemon.engine.run import Engine, RunConfig
-from daemon.sandbox import Sandbox, SandboxError, SandboxProvider
+from daemon.sandbox import Mount, Sandbox, SandboxError, SandboxProvider
 from daemon.store import Store
 from daemon.tasks.loader import load
 from daemon.tasks.model import TaskSpec
@@ -42,11 +43,12 @@ class Scripted(SandboxProvider):
     async def prepare_image(self, task: TaskSpec, log, **kwargs) -> str:  # type: ignore[no-untyped-def, override]
         return await self.real.prepare_image(task, log, **kwargs)
 
-    async def create(self, task: TaskSpec, image: str, *, run_id: str) -> Sandbox:
+    async def create(self, task: TaskSpec, image: str, *, run_id: str,
+                     mounts: Sequence[Mount] = ()) -> Sandbox:
         n = self.created[task.id] = self.created.get(task.id, 0) + 1
         if n in self.fail.get(task.id, set()):
             raise SandboxError("injected: lost the connection to the engine", retryable=True)
-        sandbox = await self.real.create(task, image, run_id=run_id)
+        sandbox = await self.real.create(task, image, run_id=run_id, mounts=mounts)
         if n in self.mark.get(task.id, set()):
             await sandbox.put_files({"pass": b"yes\n"}, "/marker")
         return sandbox
