@@ -147,6 +147,10 @@ class TBTaskProgress:
     # setup: "pulling IMAGE", 0-100).
     detail: str | None = None
     percent: float | None = None
+    # Extensions: the agent's turn limit, and its tokens and cost so far (agents that tell).
+    max_turns: int | None = None
+    tokens: int | None = None
+    cost_usd: float | None = None
 
 
 @attrs.frozen

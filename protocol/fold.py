@@ -73,8 +73,9 @@ class Task:
     tests_passed: int | None = None
     tests_total: int | None = None
     reward: float | None = None
-    tokens: int | None = None  # and cost, for agents that report them
+    tokens: int | None = None  # and cost, for agents that report them (live, then final)
     cost_usd: float | None = None
+    max_turns: int | None = None  # the agent's turn limit, when it has one
     # What the phase is doing and how far (a pull in setup), while it says so.
     detail: str | None = None
     percent: float | None = None
@@ -92,7 +93,7 @@ class Task:
         self.status, self.phase, self.turn = "pending", None, None
         self.elapsed_ms, self.duration_ms, self.error = 0, None, None
         self.tests_passed = self.tests_total = None
-        self.reward = self.tokens = self.cost_usd = None
+        self.reward = self.tokens = self.cost_usd = self.max_turns = None
         self.detail = self.percent = None
         self.container = None
         self.attempt = self.attempts = None
@@ -234,6 +235,12 @@ def apply(board: Board, event: Event, now: float) -> Task | None:
             if task is not None and task.status not in DONE:  # a late report reopens nothing
                 task.status, task.phase = "running", event.phase
                 task.detail, task.percent = event.detail, event.percent
+                if event.max_turns is not None:
+                    task.max_turns = event.max_turns
+                if event.tokens is not None:
+                    task.tokens = event.tokens
+                if event.cost_usd is not None:
+                    task.cost_usd = event.cost_usd
                 if event.current_turn is not None:
                     task.turn = event.current_turn
                 task.elapsed_ms, task.elapsed_at = event.elapsed_ms, now

@@ -154,9 +154,16 @@ async def test_success_transcript_events_turns_and_result(rig: Rig, tmp_path: Pa
     assert "python: command not found" in tool_results[1].output
     assert {e.task_id for e in [*tool_results, *rig.of_type(ToolUse)]} == {"hello"}
 
-    # The live turn count went up one turn at a time, during the agent phase.
-    turns = [e.current_turn for e in rig.of_type(TBTaskProgress) if e.phase == "agent"]
-    assert turns == [0, 1, 2, 3, 4, 5]
+    # The live turn count went up one turn at a time, during the agent phase; the turn limit
+    # and the tokens so far came with it, the tokens never going down.
+    live = [e for e in rig.of_type(TBTaskProgress) if e.phase == "agent"]
+    turns = [e.current_turn for e in live]
+    assert [t for i, t in enumerate(turns) if i == 0 or t != turns[i - 1]] == [0, 1, 2, 3, 4, 5]
+    assert turns == sorted(turns)
+    usage = [e for e in live if e.tokens is not None]
+    assert usage and all(e.max_turns == 30 for e in usage)
+    assert [e.tokens for e in usage] == sorted(e.tokens for e in usage)
+    assert usage[-1].tokens == SUCCESS_TOKENS  # the cost comes with the result line only
 
     complete = rig.of_type(TBTaskComplete)[0]
     assert (complete.turns, complete.tokens, complete.cost_usd) == (

@@ -135,3 +135,14 @@ def test_attempts_count_as_trials_a_retried_try_does_not_and_the_phase_names_the
         1, 1, 0, 2, 4)
     fold(board, {**run_complete(1, 1), "passAtK": {"1": 0.5, "2": 1.0}})
     assert board.pass_at_k() == {"1": 0.5, "2": 1.0}
+
+
+def test_live_turn_limit_tokens_and_cost_from_progress() -> None:
+    board = Board()
+    fold(board, run_start("a"), task_start("a", 0, 1))
+    fold(board, progress("a", "agent", 100, turn=2) | {"maxTurns": 30, "tokens": 1200,
+                                                       "costUsd": 0.01})
+    a = board.tasks["a"]
+    assert (a.turn, a.max_turns, a.tokens, a.cost_usd) == (2, 30, 1200, 0.01)
+    fold(board, progress("a", "agent", 200, turn=3))  # a report without them keeps them
+    assert (a.turn, a.max_turns, a.tokens) == (3, 30, 1200)

@@ -354,7 +354,8 @@ def progress_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
         lines.append([("class:dim", note)])
     for view in running:
         # Agents without turns (oracle, command) report none or 0: no "Turn 0" for them.
-        turn = f" | Turn {view.turn}" if view.turn else ""
+        limit = f"/{view.max_turns}" if view.max_turns else ""
+        turn = f" | Turn {view.turn}{limit}" if view.turn else ""
         tail = f" ({view.phase_text()}){turn} | {clock(state.elapsed_ms(view))}"
         # Cut the name in the middle, never the clock.
         name = shorten(view.name, max(6, width - 2 - len(tail)))

@@ -72,7 +72,8 @@ class AgentContext:
     # Output lines go to the agent log and to clients as tb_task_output(source="agent").
     output: Callable[[str], None]
     # Turn count changes become tb_task_progress(currentTurn=...).
-    set_turn: Callable[[int], None]
+    # Keyword arguments say more when the agent knows it: max_turns, tokens, cost_usd.
+    set_turn: Callable[..., None]
     # Agent events (agent_message, tool_use, tool_result) for clients.
     emit: Callable[[Event], None]
     # The variables the agent's `needs` name (credentials, pass-through env), from the

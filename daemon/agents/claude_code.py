@@ -232,7 +232,7 @@ class ClaudeCodeAgent(Agent):
 
         max_turns = self.max_turns or ctx.task.max_turns
         parser = ClaudeStreamParser()
-        session = _Session(ctx, parser, secrets, self.provided.get("version"))
+        session = _Session(ctx, parser, secrets, self.provided.get("version"), max_turns)
         done = await sandbox.exec(
             ["sh", "-c", RUN_SCRIPT, "sh", *claude_argv(self.model, max_turns, CLI_PATH)],
             user=user, environment={**env, **SANDBOX_ENV}, on_line=session.on_line,
@@ -276,7 +276,9 @@ class _Session:
     parser: ClaudeStreamParser
     secrets: list[str]
     version: str | None  # the provided CLI's, when known before it starts
+    max_turns: int | None = None
     turn: int = 0
+    tokens: int = 0
 
     def on_line(self, stream: str, line: str) -> None:
         # Redact the raw line first: everything below is derived from it.
@@ -286,9 +288,12 @@ class _Session:
             return
         for item in self.parser.feed_line(line):
             self.report(item)
-        if self.parser.turn != self.turn:
-            self.turn = self.parser.turn
-            self.ctx.set_turn(self.turn)
+        usage = self.parser.summary()
+        if self.parser.turn != self.turn or usage.tokens != self.tokens:
+            # Clients see the turn, its limit, and the tokens and cost so far, live.
+            self.turn, self.tokens = self.parser.turn, usage.tokens
+            self.ctx.set_turn(self.turn, max_turns=self.max_turns, tokens=usage.tokens or None,
+                              cost_usd=usage.cost_usd)
         # Kept up to date so that an agent cut off at its timeout still counts what it did.
         self.ctx.partial_result = self.result()
 

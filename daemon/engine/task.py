@@ -111,11 +111,14 @@ class TaskRun:
     def elapsed_ms(self) -> int:
         return _ms(time.monotonic() - self.started)
 
-    def progress(self, phase: Phase | None = None, turn: int | None = None) -> None:
+    def progress(self, phase: Phase | None = None, turn: int | None = None, *,
+                 max_turns: int | None = None, tokens: int | None = None,
+                 cost_usd: float | None = None) -> None:
         self.phase = phase or self.phase
         self.turn = turn if turn is not None else self.turn
         self.emit(TBTaskProgress(run_id=self.run_id, task_id=self.task.id, phase=self.phase,
-                                 elapsed_ms=self.elapsed_ms(), current_turn=self.turn))
+                                 elapsed_ms=self.elapsed_ms(), current_turn=self.turn,
+                                 max_turns=max_turns, tokens=tokens, cost_usd=cost_usd))
 
     def _setup_progress(self, percent: float) -> None:
         # A pull reports every chunk; clients hear of whole steps of PROGRESS_STEP only.
@@ -229,7 +232,7 @@ class TaskRun:
         ctx = AgentContext(
             sandbox=sandbox, task=task, run_id=self.run_id, instruction=task.instruction,
             output=lambda line: self.output(line, "agent"),
-            set_turn=lambda turn: self.progress(turn=turn), emit=self.emit,
+            set_turn=lambda turn, **usage: self.progress(turn=turn, **usage), emit=self.emit,
             host_env=host_env(self.agent.needs))
         result = AgentResult()
         with trio.move_on_after(limit) as clock:
