@@ -187,6 +187,8 @@ class TBTaskComplete:
     retryable: bool | None = None
     will_retry: bool | None = None
     kept: bool | None = None
+    # reward.json's numeric keys, when it has several (Harbor's multi-key rewards).
+    rewards: dict[str, float] | None = None
 
 
 @attrs.frozen

@@ -34,6 +34,9 @@ class TaskResult:
     retryable: bool = False
     # The agent's program version (claude-code: the CLI's), when it tells.
     agent_version: str | None = None
+    # reward.json's numeric keys, kept whole (Harbor's multi-key rewards); `reward` is its
+    # `reward` key.
+    rewards: dict[str, float] | None = None
 
 
 @attrs.frozen

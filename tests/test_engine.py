@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from pathlib import Path
 
@@ -149,6 +150,20 @@ async def test_reward_json_and_ctrf_counts(rig: Rig, tmp_path: Path):
     stored = rig.store.get_run(report.run_id)
     assert stored is not None and stored.tasks[0].tests_passed == 2
     assert (rig.home / "runs" / report.run_id / "partial" / "verifier" / "ctrf.json").is_file()
+
+
+async def test_a_multi_key_reward_json_is_kept_whole(rig: Rig, tmp_path: Path):
+    test = """echo '{"reward": 0.5, "style": 1, "speed": 0.25, "note": "x"}' \
+        > /logs/verifier/reward.json\n"""
+    report = await run(rig, make_task(tmp_path, "multi", solve="true\n", test=test))
+    result = report.tasks[0]
+    assert (result.outcome, result.reward) == ("failure", 0.5)
+    assert result.rewards == {"reward": 0.5, "style": 1.0, "speed": 0.25}  # numbers only
+    assert rig.of_type(TBTaskComplete)[0].rewards == result.rewards
+    stored = rig.store.get_run(report.run_id)
+    assert stored is not None and stored.tasks[0].rewards == result.rewards
+    report_json = json.loads((rig.home / "runs" / report.run_id / "report.json").read_text())
+    assert report_json["tasks"][0]["rewards"] == result.rewards
 
 
 async def test_events_phases_files_and_report(rig: Rig, tmp_path: Path):

@@ -15,7 +15,7 @@ import trio
 from daemon.agents.base import INSTRUCTION_DIR, AgentContext, AgentError, AgentResult, host_env
 from daemon.agents.claude_stream import redact
 from daemon.engine.logs import CappedLog, Tail
-from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward
+from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward, read_rewards
 from daemon.sandbox import Sandbox, SandboxError, Stats
 from daemon.tasks.model import TaskSpec
 from protocol import TaskResult
@@ -77,7 +77,7 @@ def complete_event(run_id: str, result: TaskResult, attempts: int,
         tests_passed=result.tests_passed, tests_total=result.tests_total,
         reward=result.reward, cost_usd=result.cost_usd, error=result.error,
         attempt=result.attempt, attempts=attempts, tries=result.tries,
-        retryable=result.retryable or None, **extra)
+        retryable=result.retryable or None, rewards=result.rewards, **extra)
 
 
 class TaskRun:
@@ -275,7 +275,7 @@ class TaskRun:
         reward, reward_error = read_reward(self.dir / "verifier")
         tests_passed, tests_total = read_ctrf(self.dir / "verifier" / "ctrf.json")
         stats = dict(reward=reward, tests_passed=tests_passed, tests_total=tests_total,
-                     agent=agent_result)
+                     agent=agent_result, rewards=read_rewards(self.dir / "verifier"))
         overran = agent_overran or verifier_overran
         if overran:
             return self._result("timeout", error=overran, **stats)
@@ -298,7 +298,8 @@ class TaskRun:
 
     def _result(self, outcome: str, *, error: str | None = None, reward: float | None = None,
                 tests_passed: int | None = None, tests_total: int | None = None,
-                agent: AgentResult | None = None, retryable: bool = False) -> TaskResult:
+                agent: AgentResult | None = None, retryable: bool = False,
+                rewards: dict[str, float] | None = None) -> TaskResult:
         agent = agent or AgentResult()
         if outcome != "success" and agent.note:
             # What the agent said went wrong (e.g. "claude-code: error_max_turns") stays
@@ -309,7 +310,7 @@ class TaskRun:
                           tests_total=tests_total, reward=reward, turns=agent.turns,
                           tokens=agent.tokens, cost_usd=agent.cost_usd, error=error,
                           attempt=self.attempt, tries=self.tries, retryable=retryable,
-                          agent_version=agent.version)
+                          agent_version=agent.version, rewards=rewards)
 
     async def _teardown(self, *, kill_first: bool) -> None:
         """Remove the sandbox (killing what runs in it first when asked). Runs shielded,

@@ -34,6 +34,20 @@ def read_reward(verifier_dir: Path) -> tuple[float | None, str]:
     return None, "no reward: the verifier wrote neither reward.txt nor reward.json"
 
 
+def read_rewards(verifier_dir: Path) -> dict[str, float] | None:
+    """Every numeric key of a reward.json object (Harbor's multi-key rewards), kept whole;
+    None when there is no such object."""
+    try:
+        data = json.loads((verifier_dir / "reward.json").read_text(errors="replace"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    rewards = {str(k): float(v) for k, v in data.items()
+               if isinstance(v, int | float) and not isinstance(v, bool)}
+    return rewards or None
+
+
 def read_ctrf(path: Path) -> tuple[int | None, int | None]:
     """Tests passed and total from a CTRF report, (None, None) when absent or unreadable."""
     try:
