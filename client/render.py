@@ -59,6 +59,7 @@ def report_text(report: RunReport) -> str:
              if (tid, a) not in recorded]
     body = table(["task", *(["attempt"] if many else []), "outcome", "time", "tests",
                   "reward", "turns", "note"], rows)
+    body += _steps_and_artifacts(report)
     total = len(report.task_ids) * report.attempts
     foot = (f"{report.suite_name}: {report.passed}/{total} passed ({report.pass_rate:.1%}), "
             f"{report.failed} failed, {report.timeout} timeout, {report.error} error "
@@ -72,6 +73,22 @@ def report_text(report: RunReport) -> str:
                 "replaced by a retry (see --json `retried`)\n"
     foot += f"run {report.run_id}  report {report.filepath or '-'}"
     return body + "\n\n" + foot
+
+
+def _steps_and_artifacts(report: RunReport) -> str:
+    """Under the table: each multi-step trial's steps (outcome, reward, time, why) and the
+    artifacts copied out of each trial (paths in its directory of the run)."""
+    lines = []
+    for t in report.tasks:
+        name = t.task_id + (f" (attempt {t.attempt})" if report.attempts > 1 else "")
+        for number, step in enumerate(t.steps or [], 1):
+            why = f"  {step.error[:60]}" if step.error else ""
+            lines.append(f"{name}: step {number} ({step.name}): "
+                         f"{ICONS[step.outcome]} {step.outcome}, reward {_cell(step.reward)}, "
+                         f"{duration(step.duration_ms)}{why}")
+        if t.artifacts:
+            lines.append(f"{name}: artifacts {', '.join(t.artifacts)}")
+    return "\n\n" + "\n".join(lines) if lines else ""
 
 
 def history_text(runs: list[RunSummary]) -> str:

@@ -23,7 +23,7 @@ from daemon.dbcheck import open_checked
 from daemon.procs import alive
 from protocol import RunReport, TaskResult, converter, pass_rate, tally
 from protocol.events import QueueEntry, RunSummary
-from protocol.results import mean_reward, pass_at_k, was_stopped
+from protocol.results import StepResult, mean_reward, pass_at_k, was_stopped
 
 TASK_RESULTS = """
 CREATE TABLE IF NOT EXISTS task_results (
@@ -105,6 +105,9 @@ def _owner_alive(run_dir: Path) -> bool:
 # Columns added to task_results after its first schema, one ALTER each for stores made
 # before them: the agent's program version (claude-code: the CLI's).
 AGENT_COLUMNS = {"agent_version": "TEXT", "rewards": "TEXT"}  # rewards: a JSON object
+# A multi-step task's steps (a JSON array of step results) and the artifacts copied out (a
+# JSON array of paths), added the same way.
+STEP_COLUMNS = {"steps": "TEXT", "artifacts": "TEXT"}
 
 
 def now_iso() -> str:
@@ -122,6 +125,7 @@ class Store:
         _migrate(self.db)
         self.db.executescript(SCHEMA)
         self._add_columns("task_results", AGENT_COLUMNS)
+        self._add_columns("task_results", STEP_COLUMNS)
 
     def _add_columns(self, table: str, columns: dict[str, str]) -> None:
         have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
@@ -173,6 +177,12 @@ class Store:
             "UPDATE task_results SET agent_version = ?, rewards = ? WHERE run_id = ?"
             " AND task_id = ? AND attempt = ? AND try = ?",
             (result.agent_version, json.dumps(result.rewards) if result.rewards else None,
+             run_id, result.task_id, result.attempt, result.tries))
+        self.db.execute(
+            "UPDATE task_results SET steps = ?, artifacts = ? WHERE run_id = ?"
+            " AND task_id = ? AND attempt = ? AND try = ?",
+            (None if result.steps is None else json.dumps(converter.unstructure(result.steps)),
+             json.dumps(result.artifacts) if result.artifacts else None,
              run_id, result.task_id, result.attempt, result.tries))
 
     def finish_run(self, run_id: str, *, status: str, total_duration_ms: int) -> RunReport:
@@ -262,14 +272,17 @@ class Store:
     def _results(self, run_id: str) -> tuple[list[TaskResult], list[TaskResult]]:
         """(final results, the tries a later try replaced), in suite order then attempt."""
         rows = self.db.execute(
-            f"SELECT {RESULT_COLUMNS}, {', '.join(AGENT_COLUMNS)} FROM task_results"
-            " WHERE run_id = ? ORDER BY try", (run_id,)).fetchall()
+            f"SELECT {RESULT_COLUMNS}, {', '.join(AGENT_COLUMNS)}, {', '.join(STEP_COLUMNS)}"
+            " FROM task_results WHERE run_id = ? ORDER BY try", (run_id,)).fetchall()
         final: dict[tuple[str, int], TaskResult] = {}
         retried: list[TaskResult] = []
         for row in rows:
-            *fields, retryable, agent_version, rewards = row
+            *fields, retryable, agent_version, rewards, steps, artifacts = row
             result = TaskResult(*fields, retryable=bool(retryable), agent_version=agent_version,
-                                rewards=json.loads(rewards) if rewards else None)
+                                rewards=json.loads(rewards) if rewards else None,
+                                steps=None if steps is None else
+                                converter.structure(json.loads(steps), list[StepResult]),
+                                artifacts=json.loads(artifacts) if artifacts else [])
             earlier = final.get((result.task_id, result.attempt))
             if earlier is not None:
                 retried.append(earlier)

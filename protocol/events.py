@@ -151,6 +151,10 @@ class TBTaskProgress:
     max_turns: int | None = None
     tokens: int | None = None
     cost_usd: float | None = None
+    # Extensions: a multi-step task's step (1-based) of how many, and its name.
+    step: int | None = None
+    steps_total: int | None = None
+    step_name: str | None = None
 
 
 @attrs.frozen
@@ -160,6 +164,19 @@ class TBTaskOutput:
     text: str
     source: OutputSource
     type: Literal["tb_task_output"] = "tb_task_output"
+
+
+@attrs.frozen
+class StepResult:
+    """One step of a multi-step task, as it ended: in results, reports and tb_task_complete
+    (here rather than in results.py, which imports this module)."""
+
+    name: str
+    outcome: Outcome
+    reward: float | None
+    rewards: dict[str, float] | None
+    duration_ms: int
+    error: str | None
 
 
 @attrs.frozen
@@ -189,6 +206,8 @@ class TBTaskComplete:
     kept: bool | None = None
     # reward.json's numeric keys, when it has several (Harbor's multi-key rewards).
     rewards: dict[str, float] | None = None
+    # A multi-step task's steps that ran, in order.
+    steps: list[StepResult] | None = None
 
 
 @attrs.frozen

@@ -84,6 +84,10 @@ class Task:
     attempt: int | None = None
     attempts: int | None = None
     outcomes: list[str] = attrs.Factory(list)
+    # A multi-step task's step (1-based) of how many, and its name, while it runs.
+    step: int | None = None
+    steps_total: int | None = None
+    step_name: str | None = None
     output: deque[tuple[str, str]] = attrs.field(init=False)  # (source, line), newest last
 
     def __attrs_post_init__(self) -> None:
@@ -98,17 +102,27 @@ class Task:
         self.container = None
         self.attempt = self.attempts = None
         self.outcomes = []
+        self.step = self.steps_total = self.step_name = None
         self.output.clear()
 
     def phase_text(self) -> str:
-        """The phase as shown to users: "agent", "setup: pulling 45%", "agent, attempt 2/3"."""
+        """The phase as shown to users: "agent", "setup: pulling 45%", "agent, attempt 2/3",
+        "agent, step 2/3: implement"."""
         phase = self.phase or "setup"
         if self.detail is not None:
             done = f" {self.percent:.0f}%" if self.percent is not None else ""
             phase = f"{phase}: {self.detail}{done}"
+        if self.step is not None:
+            phase = f"{phase}, {self.step_text()}"
         if self.attempts is not None and self.attempts > 1:
             phase = f"{phase}, attempt {self.attempt}/{self.attempts}"
         return phase
+
+    def step_text(self) -> str | None:
+        """A multi-step task's step as shown to users, "step 2/3: implement"; else None."""
+        if self.step is None:
+            return None
+        return f"step {self.step}/{self.steps_total}: {self.step_name}"
 
     def elapsed(self, now: float) -> int | None:
         """Milliseconds so far while running, the recorded duration once done."""
@@ -204,6 +218,8 @@ class Board:
             task.elapsed_ms, task.elapsed_at = item.elapsed_ms or 0, now
             task.duration_ms, task.error = item.duration_ms, item.error
             task.attempt, task.attempts = item.attempt, item.attempts
+            task.step, task.steps_total, task.step_name = (item.step, item.steps_total,
+                                                           item.step_name)
             task.outcomes = list(item.outcomes) if item.outcomes is not None else (
                 [item.status] if item.status in DONE else [])
             task.container = None if item.container_id is None else Container(
@@ -243,6 +259,9 @@ def apply(board: Board, event: Event, now: float) -> Task | None:
                     task.cost_usd = event.cost_usd
                 if event.current_turn is not None:
                     task.turn = event.current_turn
+                if event.step is not None:
+                    task.step, task.steps_total = event.step, event.steps_total
+                    task.step_name = event.step_name
                 task.elapsed_ms, task.elapsed_at = event.elapsed_ms, now
             return task
         case TBTaskStart():

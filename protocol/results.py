@@ -9,7 +9,7 @@ import math
 
 import attrs
 
-from protocol.events import Outcome, RunStatus
+from protocol.events import Outcome, RunStatus, StepResult
 
 
 @attrs.frozen
@@ -37,6 +37,10 @@ class TaskResult:
     # reward.json's numeric keys, kept whole (Harbor's multi-key rewards); `reward` is its
     # `reward` key.
     rewards: dict[str, float] | None = None
+    # A multi-step task's steps that ran, in order (null for a single-step task).
+    steps: list[StepResult] | None = None
+    # The artifacts copied out, as paths relative to the trial's directory.
+    artifacts: list[str] = attrs.Factory(list)
 
 
 @attrs.frozen

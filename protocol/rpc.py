@@ -317,6 +317,10 @@ class TaskState:
     attempt: int | None = None
     attempts: int | None = None
     outcomes: list[str] | None = None
+    # A multi-step task's step (1-based) of how many, and its name, while it runs.
+    step: int | None = None
+    steps_total: int | None = None
+    step_name: str | None = None
 
 
 @attrs.frozen

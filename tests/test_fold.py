@@ -146,3 +146,27 @@ def test_live_turn_limit_tokens_and_cost_from_progress() -> None:
     assert (a.turn, a.max_turns, a.tokens, a.cost_usd) == (2, 30, 1200, 0.01)
     fold(board, progress("a", "agent", 200, turn=3))  # a report without them keeps them
     assert (a.turn, a.max_turns, a.tokens) == (3, 30, 1200)
+
+
+def test_a_multi_step_tasks_step_shows_in_the_phase_and_survives_a_restore() -> None:
+    board = Board()
+    fold(board, run_start("a"), task_start("a", 0, 1))
+    a = board.tasks["a"]
+    step = {"step": 2, "stepsTotal": 3, "stepName": "implement"}
+    fold(board, progress("a", "agent", 100) | step)
+    assert (a.step, a.steps_total, a.step_name) == (2, 3, "implement")
+    assert a.phase_text() == "agent, step 2/3: implement"
+    fold(board, progress("a", "verification", 200))  # a report without it keeps it
+    assert a.phase_text() == "verification, step 2/3: implement"
+    empty = dict.fromkeys(["phase", "current_turn", "duration_ms", "container_id", "image",
+                           "cpus", "memory_mb", "cpu_percent", "memory_bytes", "error"])
+    snap = StateSnapshot(
+        suite=None, active_run=None,
+        tasks=[TaskState(task_id="a", status="running", elapsed_ms=900, step=3,  # type: ignore[arg-type]
+                         steps_total=3, step_name="polish", **empty)],
+        recent_output={}, counts=Counts(**COUNTS), history=[], version="1")
+    restored = Board()
+    restored.restore(snap, now=0.0)
+    assert restored.tasks["a"].step_text() == "step 3/3: polish"
+    fold(board, run_start("a"))  # a new run starts without a step
+    assert (a.step, a.phase_text()) == (None, "setup")

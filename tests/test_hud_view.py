@@ -219,3 +219,16 @@ def test_the_output_header_shows_tests_tokens_and_cost_once_known() -> None:
         "Output: a [failure] · tests 2/3 · 1,234 tok · $0.05")
     feed(state, wire.run_start("a"))  # a new run forgets them
     assert "tests" not in text(output_header(state, 80))
+
+
+def test_a_multi_step_task_shows_its_step_in_its_row_and_the_progress() -> None:
+    clock = Clock()
+    state = HudState(clock=clock)
+    feed(state, wire.suite_info("steps"), wire.run_start("steps"),
+         wire.task_start("steps", 0, 1),
+         wire.progress("steps", "agent", 1_000) | {"step": 2, "stepsTotal": 3,
+                                                    "stepName": "implement"})
+    row = text(task_rows(state, 80)[0][0])
+    assert "step 2/3: implement" in row, row
+    running = texts(progress_lines(state, 80))
+    assert any("(agent, step 2/3: implement)" in line for line in running), running

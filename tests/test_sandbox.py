@@ -147,6 +147,15 @@ async def test_files_in_and_out(sandbox: Sandbox, tmp_path: Path):
         assert await sandbox.get_dir("/no/such/dir", tmp_path / "none") == []
 
 
+async def test_get_dir_copies_a_single_file_by_its_name(sandbox: Sandbox, tmp_path: Path):
+    # Artifacts name files as well as directories: a file lands in host_dir by its name.
+    with trio.fail_after(LIMIT):
+        await sandbox.put_files({"report.txt": b"done\n"}, "/srv/single")
+        got = await sandbox.get_dir("/srv/single/report.txt", tmp_path / "out")
+    assert got == [tmp_path / "out" / "report.txt"]
+    assert (tmp_path / "out" / "report.txt").read_bytes() == b"done\n"
+
+
 async def test_get_dir_never_writes_outside_the_host_dir(sandbox: Sandbox, tmp_path: Path):
     _, code, _ = await run(sandbox, "mkdir -p /srv/evil && ln -s /etc/passwd /srv/evil/link "
                            "&& echo ok > /srv/evil/file", user="0")

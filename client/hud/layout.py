@@ -230,19 +230,23 @@ def task_line(state: HudState, view: Task, width: int, selected: bool,
     diff_w, time_w = 6, (7 if wide else 0)
     tail_w = cat_w + 1 + diff_w + (time_w + 1 if wide else 0)
     name_w = max(6, width - 7 - 1 - tail_w)
+    name = shorten(view.name, name_w)
     line: StyleAndTextTuples = [
             ("class:cursor" if selected else "", "▸" if selected else " "),
-            ("", box + " "), (_status_style(view.status), icon + " "),
-            ("", pad(shorten(view.name, name_w), name_w) + " ")]
+            ("", box + " "), (_status_style(view.status), icon + " ")]
     if view.status == "running":
-        # A running task says what it does and for how long in its own row.
+        # A running task says what it does and for how long in its own row, in the room
+        # its name leaves; a multi-step task's step first, kept when the phase is cut.
         clock_text = clock(state.elapsed_ms(view))
-        phase = fit(view.phase_text().replace("verification", "verify"),
-                    tail_w - len(clock_text) - 1)
-        line.append(("class:running", phase.rjust(tail_w - len(clock_text) - 1) + " "
-                     + clock_text))
+        text = view.phase_text() if view.step is None else \
+            f"{view.step_text()}, {view.phase or 'setup'}"
+        room = tail_w - len(clock_text) - 1 + name_w - len(name)
+        phase = fit(text.replace("verification", "verify"), room)
+        line += [("", name + " "),
+                 ("class:running", phase.rjust(room) + " " + clock_text)]
     else:
-        line += [("class:dim", pad(view.category, cat_w) + " "),
+        line += [("", pad(name, name_w) + " "),
+                 ("class:dim", pad(view.category, cat_w) + " "),
                  ("class:dim", pad(view.difficulty, diff_w))]
         if wide:
             ms = state.elapsed_ms(view) if view.status not in (None, "pending") else None

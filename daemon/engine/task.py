@@ -15,8 +15,10 @@ import trio
 from daemon.agents.base import INSTRUCTION_DIR, AgentContext, AgentError, AgentResult, host_env
 from daemon.agents.claude_stream import redact
 from daemon.engine.logs import CappedLog, Tail
+from daemon.engine.steps import collect_artifacts, run_steps
 from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward, read_rewards
 from daemon.sandbox import Sandbox, SandboxError, Stats
+from daemon.sandbox.base import CopiedFiles
 from daemon.tasks.model import TaskSpec
 from protocol import TaskResult
 from protocol.events import (
@@ -77,7 +79,8 @@ def complete_event(run_id: str, result: TaskResult, attempts: int,
         tests_passed=result.tests_passed, tests_total=result.tests_total,
         reward=result.reward, cost_usd=result.cost_usd, error=result.error,
         attempt=result.attempt, attempts=attempts, tries=result.tries,
-        retryable=result.retryable or None, rewards=result.rewards, **extra)
+        retryable=result.retryable or None, rewards=result.rewards, steps=result.steps,
+        **extra)
 
 
 class TaskRun:
@@ -98,6 +101,12 @@ class TaskRun:
         self.phase: Phase = "setup"
         self.turn: int | None = None
         self.sandbox: Sandbox | None = None
+        # The task as the phases see it, and where the verifier's files go: a multi-step
+        # task's step loop (daemon/engine/steps.py) sets both for each step, and `step`
+        # (its number, of how many, its name) for the progress events.
+        self.spec: TaskSpec = task
+        self.out: Path = self.dir
+        self.step: tuple[int, int, str] | None = None
         self.verifier_tail = Tail(VERIFICATION_TAIL)
         self.reported_percent = -100.0
         self.logs: dict[str, CappedLog] = {}
@@ -116,9 +125,11 @@ class TaskRun:
                  cost_usd: float | None = None) -> None:
         self.phase = phase or self.phase
         self.turn = turn if turn is not None else self.turn
+        step, steps_total, step_name = self.step or (None, None, None)
         self.emit(TBTaskProgress(run_id=self.run_id, task_id=self.task.id, phase=self.phase,
                                  elapsed_ms=self.elapsed_ms(), current_turn=self.turn,
-                                 max_turns=max_turns, tokens=tokens, cost_usd=cost_usd))
+                                 max_turns=max_turns, tokens=tokens, cost_usd=cost_usd,
+                                 step=step, steps_total=steps_total, step_name=step_name))
 
     def _setup_progress(self, percent: float) -> None:
         # A pull reports every chunk; clients hear of whole steps of PROGRESS_STEP only.
@@ -205,8 +216,12 @@ class TaskRun:
         failed_setup = await self._setup(sandbox)
         if failed_setup is not None:
             return failed_setup
+        if self.task.steps:
+            return await run_steps(self, sandbox, mult)
         agent_result, agent_overran = await self._agent_phase(sandbox, mult)
-        return await self._verification(sandbox, mult, agent_result, agent_overran)
+        result = await self._verification(sandbox, mult, agent_result, agent_overran)
+        copied = await collect_artifacts(self, sandbox, self.task.artifacts, "artifacts")
+        return attrs.evolve(result, artifacts=copied)
 
     async def _setup(self, sandbox: Sandbox) -> TaskResult | None:
         """The instruction, a suite task's files and commands; an error result if one fails."""
@@ -226,7 +241,7 @@ class TaskRun:
     async def _agent_phase(self, sandbox: Sandbox,
                            mult: float) -> tuple[AgentResult, str | None]:
         """Run the agent within its limit. Returns what it reported and, if it overran, why."""
-        task = self.task
+        task = self.spec
         self.progress("agent", turn=0)
         limit = (self.config.agent_timeout_sec or task.agent_timeout_sec) * mult
         ctx = AgentContext(
@@ -250,7 +265,7 @@ class TaskRun:
                             agent_overran: str | None) -> TaskResult:
         """Run /tests/test.sh and judge: reward, CTRF counts, outcome. Runs after an agent
         timeout too (the outcome stays timeout, the reward is kept)."""
-        task = self.task
+        task = self.spec
         self.progress("verification")
         # The agent could have planted /tests or a reward file: start both from nothing.
         # Shells by absolute path: the agent (root) may have put others first on PATH.
@@ -266,16 +281,11 @@ class TaskRun:
         if verified.timed_out:
             verifier_overran = f"verifier timed out after {limit:g}s"
             self.system(verifier_overran)
-        files = await sandbox.get_dir(VERIFIER_LOGS, self.dir)
-        if self.secrets:
-            await trio.to_thread.run_sync(mask_files, files, self.secrets)
-        if files.left_out:
-            self.system(f"{VERIFIER_LOGS}: left out past the copy limit: "
-                        f"{', '.join(files.left_out)}")
-        reward, reward_error = read_reward(self.dir / "verifier")
-        tests_passed, tests_total = read_ctrf(self.dir / "verifier" / "ctrf.json")
+        files = await self.copy_out(sandbox, VERIFIER_LOGS, self.out)
+        reward, reward_error = read_reward(self.out / "verifier")
+        tests_passed, tests_total = read_ctrf(self.out / "verifier" / "ctrf.json")
         stats = dict(reward=reward, tests_passed=tests_passed, tests_total=tests_total,
-                     agent=agent_result, rewards=read_rewards(self.dir / "verifier"))
+                     agent=agent_result, rewards=read_rewards(self.out / "verifier"))
         overran = agent_overran or verifier_overran
         if overran:
             return self._result("timeout", error=overran, **stats)
@@ -285,6 +295,16 @@ class TaskRun:
                 "error", error=f"{reward_error} (test.sh exited {verified.exit_code}; "
                 f"{VERIFIER_LOGS} held {listed})", **stats)
         return self._result("success" if reward >= 1 else "failure", **stats)
+
+    async def copy_out(self, sandbox: Sandbox, path: str, dest: Path) -> CopiedFiles:
+        """The sandbox's `path` copied into `dest` with the agent's credentials masked; what
+        the copy limit left out is named in the output."""
+        files = await sandbox.get_dir(path, dest)
+        if self.secrets:
+            await trio.to_thread.run_sync(mask_files, files, self.secrets)
+        if files.left_out:
+            self.system(f"{path}: left out past the copy limit: {', '.join(files.left_out)}")
+        return files
 
     def _system_line(self, _stream: str, line: str) -> None:
         self.system(line)

@@ -131,7 +131,9 @@ class Sandbox(abc.ABC):
                       limit: int = COPY_LIMIT) -> CopiedFiles:
         """Copy the sandbox's directory `path` into `host_dir` (nothing may land outside it),
         streamed to disk, at most `limit` bytes of files: the files copied ([] when `path`
-        does not exist), and those left out past the limit."""
+        does not exist), and those left out past the limit. The copy is named as `path`'s
+        last part (`/logs/verifier` -> host_dir/verifier/); `path` may name a single file
+        (an artifact), copied to host_dir/<its name>."""
 
     @abc.abstractmethod
     async def kill_all(self) -> None:

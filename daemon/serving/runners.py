@@ -78,7 +78,7 @@ class Runners:
                     task_id=event.task_id, outcome=event.outcome, duration_ms=event.duration_ms,
                     tests_passed=event.tests_passed, tests_total=event.tests_total,
                     reward=event.reward, turns=event.turns, tokens=event.tokens,
-                    cost_usd=event.cost_usd, error=event.error))
+                    cost_usd=event.cost_usd, error=event.error, steps=event.steps))
             case TBRunComplete() if event.run_id in self.open:
                 self.open.discard(event.run_id)
                 service.store.finish_run(event.run_id, status=event.status or "completed",

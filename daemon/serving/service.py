@@ -97,7 +97,8 @@ def _task_state(task: fold.Task, now: float) -> TaskState:
         duration_ms=task.duration_ms, container_id=box and box.container_id,
         image=box and box.image, cpus=box and box.cpus, memory_mb=box and box.memory_mb,
         cpu_percent=box and box.cpu_percent, memory_bytes=box and box.memory_bytes,
-        error=task.error, detail=task.detail, percent=task.percent,
+        error=task.error, detail=task.detail, percent=task.percent, step=task.step,
+        steps_total=task.steps_total, step_name=task.step_name,
         # Only for K > 1 attempts: with one, the status says it all.
         **({"attempt": task.attempt, "attempts": task.attempts,
             "outcomes": list(task.outcomes)} if (task.attempts or 1) > 1 else {}))

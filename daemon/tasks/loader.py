@@ -41,6 +41,7 @@ from daemon.tasks.model import (
     DEFAULT_VERIFIER_TIMEOUT_SEC,
     Environment,
     LoadError,
+    StepSpec,
     Suite,
     TaskSpec,
 )
@@ -94,6 +95,21 @@ def _make_converter(mapping_word: str) -> cattrs.Converter:
             return value
         raise BadValue(f"expected a string or an integer, got {_show(value)}")
     conv.register_structure_hook_func(lambda t: t == _StrOrInt, str_or_int)
+
+    def number(value: Any) -> float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise BadValue(f"expected a number, got {_show(value)}")
+
+    def min_reward(value: Any, _: Any) -> Any:
+        # Harbor's min_reward: a threshold for `reward`, or one per key of reward.json.
+        if value is None or not isinstance(value, dict):
+            return None if value is None else number(value)
+        for key, v in value.items():
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise BadValue(f"expected a number per reward key, got {key} = {_show(v)}")
+        return {str(key): float(v) for key, v in value.items()}
+    conv.register_structure_hook_func(lambda t: t == _MinReward, min_reward)
 
     def setup_hook(value: Any, _: Any) -> Any:
         # The two suite shapes disagree on `setup`: {files: {...}} or a list of commands.
@@ -173,6 +189,25 @@ class _SolutionSection:
     env: dict[str, str] = attrs.Factory(dict)
 
 
+_MinReward = float | dict[str, float] | None  # a number, or a minimum per reward key
+
+
+@attrs.define(kw_only=True)
+class _StepVerifier:
+    timeout_sec: float | None = None
+    env: dict[str, str] | None = None
+    user: _StrOrInt = None
+
+
+@attrs.define(kw_only=True)
+class _Step:
+    name: str
+    agent: _AgentSection = attrs.Factory(_AgentSection)  # unset: the task's
+    verifier: _StepVerifier = attrs.Factory(_StepVerifier)
+    min_reward: _MinReward = None
+    artifacts: list[str] = attrs.Factory(list)
+
+
 @attrs.define(kw_only=True)
 class _TaskToml:
     version: str | None = None
@@ -182,6 +217,9 @@ class _TaskToml:
     agent: _AgentSection = attrs.Factory(_AgentSection)
     environment: _EnvironmentSection = attrs.Factory(_EnvironmentSection)
     solution: _SolutionSection = attrs.Factory(_SolutionSection)
+    steps: list[_Step] = attrs.Factory(list)
+    multi_step_reward_strategy: Literal["mean", "final"] = "mean"
+    artifacts: list[str] = attrs.Factory(list)
 
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
@@ -314,9 +352,12 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
     else:
         network = "public" if env_cfg.allow_internet else "none"
 
+    # A multi-step task's instructions are its steps'; Harbor keeps a top-level one optional.
     instruction_file = f"{shown}/instruction.md"
-    _require_file(root, task_dir / "instruction.md", instruction_file)
-    instruction = _read_text(task_dir / "instruction.md", instruction_file)
+    instruction = ""
+    if not config.steps or (task_dir / "instruction.md").exists():
+        _require_file(root, task_dir / "instruction.md", instruction_file)
+        instruction = _read_text(task_dir / "instruction.md", instruction_file)
 
     env_dir = task_dir / "environment"
     build_context = None
@@ -329,7 +370,8 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
         build_context = env_dir.resolve()
 
     test_files = _read_tree(root, task_dir / "tests", f"{shown}/tests")
-    if "test.sh" not in test_files:
+    # A multi-step task's tests/ is shared by its steps, each of which needs a test.sh.
+    if "test.sh" not in test_files and not config.steps:
         raise LoadError(f"{shown}/tests/test.sh", None, "missing; every task needs its verifier")
     solution_files = _read_tree(root, task_dir / "solution", f"{shown}/solution")
 
@@ -364,7 +406,69 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
         solution_env=_resolve_env(config.solution.env),
         author_name=meta.author_name,
         author_email=meta.author_email,
+        steps=_load_steps(config, root, task_dir, shown, test_files),
+        multi_step_reward_strategy=config.multi_step_reward_strategy,
+        artifacts=_artifacts(config.artifacts, toml_file, "artifacts"),
     )
+
+
+_STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _load_steps(config: _TaskToml, root: Path, task_dir: Path, shown: str,
+                task_tests: dict[str, bytes]) -> tuple[StepSpec, ...]:
+    """`[[steps]]` with their `steps/<name>/` directories, in order (Harbor's multi-step
+    tasks). A step's tests/ goes over the task's; a step's limits, users and verifier env
+    left unset are the task's (None here)."""
+    toml_file = f"{shown}/task.toml"
+    steps: list[StepSpec] = []
+    seen: dict[str, int] = {}
+    for index, step in enumerate(config.steps):
+        at = f"steps[{index}]"
+        if not _STEP_NAME.fullmatch(step.name):
+            raise LoadError(toml_file, f"{at}.name", "expected a directory name of letters, "
+                            f"digits, '.', '_' and '-' (not starting with those marks), "
+                            f"got {step.name!r}")
+        if step.name in seen:
+            raise LoadError(toml_file, f"{at}.name", f"duplicate step name {step.name!r} "
+                            f"(also steps[{seen[step.name]}])")
+        seen[step.name] = index
+        _positive(step.agent.timeout_sec, toml_file, f"{at}.agent.timeout_sec")
+        _positive(step.verifier.timeout_sec, toml_file, f"{at}.verifier.timeout_sec")
+        where = f"{shown}/steps/{step.name}"
+        step_dir = task_dir / "steps" / step.name
+        if not step_dir.is_dir():
+            raise LoadError(where, None, f"missing; {toml_file} declares step {step.name!r}")
+        _confine(root, step_dir, where)
+        _require_file(root, step_dir / "instruction.md", f"{where}/instruction.md")
+        tests = {**task_tests, **_read_tree(root, step_dir / "tests", f"{where}/tests")}
+        if "test.sh" not in tests:
+            raise LoadError(f"{where}/tests/test.sh", None, "missing (nor in the task's "
+                            "tests/); every step needs its verifier")
+        steps.append(StepSpec(
+            name=step.name,
+            instruction=_read_text(step_dir / "instruction.md", f"{where}/instruction.md"),
+            test_files=tests,
+            solution_files=_read_tree(root, step_dir / "solution", f"{where}/solution"),
+            workdir_files=_read_tree(root, step_dir / "workdir", f"{where}/workdir"),
+            agent_timeout_sec=step.agent.timeout_sec,
+            agent_user=_user(step.agent.user),
+            verifier_timeout_sec=step.verifier.timeout_sec,
+            verifier_user=_user(step.verifier.user),
+            verifier_env=None if step.verifier.env is None else _resolve_env(step.verifier.env),
+            min_reward=step.min_reward,
+            artifacts=_artifacts(step.artifacts, toml_file, f"{at}.artifacts"),
+        ))
+    return tuple(steps)
+
+
+def _artifacts(paths: list[str], file: str, field: str) -> tuple[str, ...]:
+    """Harbor's `artifacts`: paths in the sandbox (relative ones: to the workdir)."""
+    for index, path in enumerate(paths):
+        if not path.strip() or "\0" in path or path.rstrip("/") == "":
+            raise LoadError(file, f"{field}[{index}]", "expected a path of a file or "
+                            f"directory in the sandbox (not / or empty), got {path!r}")
+    return tuple(paths)
 
 
 def _load_dataset(dataset: Path, shown: str) -> Suite:

@@ -8,6 +8,7 @@ Suite-style verification (`script`, `test`, `output`, ...) is turned into a gene
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import attrs
 
@@ -38,6 +39,37 @@ class Environment:
     env: dict[str, str] = attrs.field(factory=dict)
     # Harbor's `allowed_hosts` (network_mode = "allowlist"); kept for reports, not enforced.
     allowed_hosts: tuple[str, ...] = ()
+
+
+# How a multi-step task's reward comes from its steps' (Harbor's multi_step_reward_strategy):
+# the mean over the steps that ran, or the last step that ran.
+RewardStrategy = Literal["mean", "final"]
+
+
+@attrs.frozen
+class StepSpec:
+    """One `[[steps]]` entry of a multi-step task with its `steps/<name>/` directory. A
+    limit, user or env left None is the task's (Harbor's fallback to `[agent]` and
+    `[verifier]`)."""
+
+    name: str
+    instruction: str
+    # The task's tests/ with the step's tests/ over them (same name: the step's wins); holds
+    # "test.sh".
+    test_files: dict[str, bytes] = attrs.field(factory=dict)
+    solution_files: dict[str, bytes] = attrs.field(factory=dict)
+    # steps/<name>/workdir/, uploaded to the workdir before the agent; "setup.sh" in it runs
+    # first, as the step's agent user.
+    workdir_files: dict[str, bytes] = attrs.field(factory=dict)
+    agent_timeout_sec: float | None = None
+    agent_user: str | None = None
+    verifier_timeout_sec: float | None = None
+    verifier_user: str | None = None
+    verifier_env: dict[str, str] | None = None
+    # The reward this step must reach for the next ones to run: a number (for `reward`) or
+    # a minimum per key of reward.json (a missing key is not met).
+    min_reward: float | dict[str, float] | None = None
+    artifacts: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -72,6 +104,13 @@ class TaskSpec:
     # Why the task could not be loaded (file, field, what was expected): in a dataset such a
     # task is kept, and runs as an `error` result with this text, so the others still run.
     load_error: str | None = None
+    # Harbor's multi-step tasks: the steps in order (empty: a single-step task), and how
+    # the task's reward comes from theirs.
+    steps: tuple[StepSpec, ...] = ()
+    multi_step_reward_strategy: RewardStrategy = "mean"
+    # Paths in the sandbox copied into the trial's directory after verification (after each
+    # step's, with the step's own `artifacts`, for a multi-step task).
+    artifacts: tuple[str, ...] = ()
 
 
 @attrs.frozen

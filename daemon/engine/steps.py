@@ -1,0 +1,196 @@
+"""Harbor's multi-step tasks in one sandbox, and the artifacts copied out of it.
+
+A multi-step task runs its steps in order in the task's one container: for each, the
+step's workdir/ goes to the workdir and its setup.sh runs, then the agent gets the step's
+instruction, then the step's tests verify. A step that errs (setup.sh failed, no reward,
+the agent could not run) stops the rest, and so does a step whose reward misses its
+`min_reward`. The task's reward is the mean of the steps that ran or the last one's
+(`multi_step_reward_strategy`).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from daemon.agents.base import INSTRUCTION_DIR, AgentError, AgentResult
+from daemon.sandbox import Sandbox
+from daemon.tasks.model import StepSpec, TaskSpec
+from protocol import TaskResult
+from protocol.results import StepResult
+
+if TYPE_CHECKING:
+    from daemon.engine.task import TaskRun
+
+
+def step_task(task: TaskSpec, step: StepSpec) -> TaskSpec:
+    """The task as one step's phases see it: the step's instruction, tests and solution,
+    and its limits, users and verifier env where it sets them, else the task's."""
+    def either(mine: object, theirs: object) -> object:
+        return theirs if mine is None else mine
+    return attrs.evolve(
+        task, instruction=step.instruction, test_files=step.test_files,
+        solution_files=step.solution_files,
+        agent_timeout_sec=either(step.agent_timeout_sec, task.agent_timeout_sec),
+        agent_user=either(step.agent_user, task.agent_user),
+        verifier_timeout_sec=either(step.verifier_timeout_sec, task.verifier_timeout_sec),
+        verifier_user=either(step.verifier_user, task.verifier_user),
+        verifier_env=either(step.verifier_env, task.verifier_env))
+
+
+async def run_steps(run: TaskRun, sandbox: Sandbox, mult: float) -> TaskResult:
+    """Every step of `run.task` in order, until one errs or misses its min_reward; the
+    task's result from the steps that ran."""
+    task = run.task
+    total = len(task.steps)
+    ran: list[tuple[StepResult, TaskResult]] = []
+    artifacts: list[str] = []
+    stop: str | None = None  # why the remaining steps did not run
+    for number, step in enumerate(task.steps, 1):
+        label = f"step {number}/{total} ({step.name})"
+        run.spec, run.out = step_task(task, step), run.dir / "steps" / step.name
+        run.step = (number, total, step.name)
+        started = time.monotonic()
+        run.system(f"step {number}/{total}: {step.name}")
+        run.progress("setup")
+        result = await _one_step(run, sandbox, step, mult)
+        if result.outcome != "error":  # verified: what the step left is kept
+            artifacts += await collect_artifacts(run, sandbox, (*task.artifacts, *step.artifacts),
+                                                 f"steps/{step.name}/artifacts")
+        ran.append((StepResult(name=step.name, outcome=result.outcome, reward=result.reward,
+                               rewards=result.rewards,
+                               duration_ms=int((time.monotonic() - started) * 1000),
+                               error=result.error), result))
+        run.system(f"{label}: {result.outcome}"
+                   + (f", reward {result.reward:g}" if result.reward is not None else ""))
+        if result.outcome == "error":
+            stop = f"{label}: {result.error}"
+            break
+        unmet = unmet_min_reward(step.min_reward, result)
+        if unmet is not None:
+            stop = f"stopped after {label}: {unmet}"
+            if number < total:
+                run.system(f"{stop}; the remaining {total - number} step(s) do not run")
+            break
+    return _task_result(run, ran, artifacts, stop)
+
+
+async def _one_step(run: TaskRun, sandbox: Sandbox, step: StepSpec, mult: float) -> TaskResult:
+    """One step: its files and setup.sh, the agent, the verifier; its result as a task's."""
+    spec = run.spec
+    await sandbox.put_files({"instruction.md": step.instruction.encode()}, INSTRUCTION_DIR)
+    if step.workdir_files:
+        await sandbox.put_files(step.workdir_files, sandbox.workdir)
+    if "setup.sh" in step.workdir_files:
+        # As the step's agent user, in the workdir, within the step's agent limit.
+        limit = spec.agent_timeout_sec * mult
+        run.system("$ bash workdir/setup.sh")
+        done = await sandbox.exec(["bash", posixpath.join(sandbox.workdir, "setup.sh")],
+                                  user=spec.agent_user, workdir=sandbox.workdir,
+                                  timeout=limit, on_line=run._system_line)
+        if done.timed_out:
+            return run._result("error", error=f"workdir/setup.sh timed out after {limit:g}s")
+        if done.exit_code != 0:
+            return run._result("error", error=f"workdir/setup.sh exited {done.exit_code}")
+    try:
+        agent_result, agent_overran = await run._agent_phase(sandbox, mult)
+    except AgentError as exc:  # this step could not run: the next ones would not either
+        return run._result("error", error=str(exc), agent=exc.result,
+                           retryable=exc.retryable)
+    return await run._verification(sandbox, mult, agent_result, agent_overran)
+
+
+def unmet_min_reward(least: float | dict[str, float] | None,
+                     result: TaskResult) -> str | None:
+    """Why `result` misses `least` (a reward, or a minimum per reward key; a key the
+    verifier did not write is missed), or None when it meets it."""
+    if least is None:
+        return None
+    if not isinstance(least, dict):
+        if result.reward is None or result.reward < least:
+            got = "none" if result.reward is None else f"{result.reward:g}"
+            return f"reward {got} is below min_reward {least:g}"
+        return None
+    rewards = result.rewards or ({} if result.reward is None else {"reward": result.reward})
+    for key, minimum in least.items():
+        if key not in rewards:
+            return f"no reward {key!r} (min_reward {key} = {minimum:g})"
+        if rewards[key] < minimum:
+            return f"reward {key} {rewards[key]:g} is below min_reward {key} = {minimum:g}"
+    return None
+
+
+def _task_result(run: TaskRun, ran: list[tuple[StepResult, TaskResult]], artifacts: list[str],
+                 stop: str | None) -> TaskResult:
+    """The task's result from its steps that ran: the reward by the task's strategy, an
+    error or a timeout of a step as the task's outcome, an early stop as a failure."""
+    steps = [s for s, _ in ran]
+    results = [r for _, r in ran]
+    if run.task.multi_step_reward_strategy == "final":
+        reward, rewards = results[-1].reward, results[-1].rewards
+    else:
+        reward, rewards = _mean(results)
+    agent = AgentResult(turns=_sum(r.turns for r in results),
+                        tokens=_sum(r.tokens for r in results),
+                        cost_usd=_sum(r.cost_usd for r in results))
+    counts = dict(reward=reward, rewards=rewards, agent=agent,
+                  tests_passed=_sum(r.tests_passed for r in results),
+                  tests_total=_sum(r.tests_total for r in results))
+    total = len(run.task.steps)
+    if results[-1].outcome == "error":
+        result = run._result("error", error=stop, retryable=results[-1].retryable, **counts)
+    elif timed_out := [(n, s) for n, s in enumerate(steps, 1) if s.outcome == "timeout"]:
+        number, step = timed_out[0]
+        result = run._result("timeout", error=f"step {number}/{total} ({step.name}): "
+                             f"{step.error}", **counts)
+    elif stop is not None and len(steps) < total:
+        # Steps that never ran were not done: the task is not a success, whatever the
+        # reward of the steps that did.
+        result = run._result("failure", error=stop, **counts)
+    else:
+        result = run._result("success" if reward is not None and reward >= 1 else "failure",
+                             **counts)
+    versions = [r.agent_version for r in results if r.agent_version]
+    return attrs.evolve(result, steps=steps, artifacts=artifacts,
+                        agent_version=versions[-1] if versions else None)
+
+
+def _mean(results: list[TaskResult]) -> tuple[float | None, dict[str, float] | None]:
+    """Harbor's `mean`: of the steps that ran, a step without a reward (or a key) as 0."""
+    if all(r.reward is None for r in results):
+        reward = None
+    else:
+        reward = sum(r.reward or 0.0 for r in results) / len(results)
+    keys = sorted({key for r in results for key in (r.rewards or {})})
+    rewards = {key: sum((r.rewards or {}).get(key, 0.0) for r in results) / len(results)
+               for key in keys} or None
+    return reward, rewards
+
+
+def _sum(values: Iterable[Any]) -> Any:
+    """The sum of the numbers among `values`, None when there is none."""
+    found = [v for v in values if v is not None]
+    return sum(found) if found else None
+
+
+async def collect_artifacts(run: TaskRun, sandbox: Sandbox, paths: tuple[str, ...],
+                            under: str) -> list[str]:
+    """Copy each of `paths` (files or directories in the sandbox; relative ones from the
+    workdir) to `under` in the trial's directory, by its base name; the paths copied,
+    relative to the trial's directory. A missing one is a system line, never a failure."""
+    copied: list[str] = []
+    dest = run.dir / under
+    for path in paths:
+        source = posixpath.normpath(posixpath.join(sandbox.workdir, path))
+        name = posixpath.basename(source)
+        dest.mkdir(parents=True, exist_ok=True)
+        await run.copy_out(sandbox, source, dest)
+        if not (dest / name).exists():
+            run.system(f"artifact {path}: not found in the sandbox")
+            continue
+        copied.append(f"{under}/{name}")
+    return copied
