@@ -13,7 +13,7 @@ import trio
 
 from daemon.engine.run import RunConfig
 from daemon.tasks.loader import load
-from daemon.tasks.model import LoadError
+from daemon.tasks.model import Artifact, LoadError
 from protocol.events import TBTaskComplete, TBTaskOutput, TBTaskProgress
 from tests.conftest import Rig
 
@@ -77,7 +77,7 @@ def test_a_multi_step_task_loads_with_its_overrides(tmp_path: Path):
         "polish": {"test": "echo 0 > /logs/verifier/reward.txt\n"},
     }, toml="""\
         multi_step_reward_strategy = "final"
-        artifacts = ["/app/out", "notes.txt"]
+        artifacts = ["/app/out", { source = "notes.txt", destination = "docs/notes.txt" }]
         [agent]
         timeout_sec = 99
         user = "agent"
@@ -87,13 +87,13 @@ def test_a_multi_step_task_loads_with_its_overrides(tmp_path: Path):
     spec = load(task).tasks[0]
     assert spec.load_error is None and spec.instruction == ""  # none at the top: fine
     assert spec.multi_step_reward_strategy == "final"
-    assert spec.artifacts == ("/app/out", "notes.txt")
+    assert spec.artifacts == (Artifact("/app/out"), Artifact("notes.txt", "docs/notes.txt"))
     scaffold, implement, polish = spec.steps
     assert [s.name for s in spec.steps] == ["scaffold", "implement", "polish"]
     assert (scaffold.agent_timeout_sec, scaffold.agent_user, scaffold.verifier_timeout_sec,
             scaffold.verifier_user, scaffold.verifier_env) == (30, "nobody", 20, "0",
                                                                {"MODE": "strict"})
-    assert (scaffold.min_reward, scaffold.artifacts) == (1.0, ("/app/plan.md",))
+    assert (scaffold.min_reward, scaffold.artifacts) == (1.0, (Artifact("/app/plan.md"),))
     assert sorted(scaffold.workdir_files) == ["data/seed.txt", "setup.sh"]
     assert scaffold.instruction == "Do scaffold." and "solve.sh" in scaffold.solution_files
     # Unset overrides are the task's (None here); the task's tests/ is under each step's.
@@ -115,9 +115,13 @@ def test_a_multi_step_task_loads_with_its_overrides(tmp_path: Path):
      "task.toml: steps[0].min_reward", "expected a number per reward key, got style = true"),
     ({"a": {"test": PASS, "toml": "[steps.agent]\ntimeout_sec = -1\n"}}, "",
      "task.toml: steps[0].agent.timeout_sec", "positive"),
-    ({"a": {"test": PASS, "toml": "artifacts = [1]\n"}}, "", "task.toml: steps[0].artifacts",
-     "string"),
+    ({"a": {"test": PASS, "toml": "artifacts = [1]\n"}}, "",
+     "task.toml: steps[0].artifacts[0]", "expected a path or a table {source, destination}"),
     ({"a": {"test": PASS}}, 'artifacts = [""]\n', "task.toml: artifacts[0]", "path"),
+    ({"a": {"test": PASS}}, 'artifacts = [{ source = "/a", destination = "../x" }]\n',
+     "task.toml: artifacts[0].destination", "no '..'"),
+    ({"a": {"test": PASS}}, 'artifacts = [{ destination = "x" }]\n',
+     "task.toml: artifacts[0].source", "required"),
     ({"a": {"test": PASS}}, 'multi_step_reward_strategy = "max"\n',
      "task.toml: multi_step_reward_strategy", "mean"),
 ])
@@ -167,10 +171,12 @@ SCORE = "cp /app/score /logs/verifier/reward.txt\n"
 def _dataset(root: Path) -> None:
     # Steps share the container: step 2's verifier checks step 1's file; workdir/ arrives
     # before the agent and setup.sh runs there as the agent user; a step's verifier env
-    # replaces the task's; artifacts are copied per step.
+    # replaces the task's; [solution] env reaches each step's solve.sh; artifacts are
+    # copied per step.
     make_steps_task(root, "all-pass", {
-        "one": {"solve": "echo one > /app/state\n",
-                "test": '[ "$(cat /app/state)" = one ] && [ "$MODE" = task ] && ' + PASS,
+        "one": {"solve": 'echo one > /app/state; echo "$GREETING" > /tmp/greeting\n',
+                "test": '[ "$(cat /app/state)" = one ] && [ "$MODE" = task ] && '
+                        '[ "$(cat /tmp/greeting)" = hi ] && ' + PASS,
                 "workdir/setup.sh": 'echo "$(id -un) $PWD" > /app/setup-ran\n',
                 "workdir/given/seed.txt": "seed"},
         "two": {"toml": '[steps.verifier]\nenv = { MODE = "step" }\n'
@@ -186,6 +192,8 @@ def _dataset(root: Path) -> None:
         artifacts = ["/app/state", "/app/never-made"]
         [verifier]
         env = { MODE = "task" }
+        [solution]
+        env = { GREETING = "hi" }
         """)
     # The second step's own artifact, a directory, beside the task's two.
     toml = root / "all-pass" / "task.toml"
@@ -305,17 +313,19 @@ async def test_a_single_step_tasks_artifacts(rig: Rig, tmp_path: Path):
 
     task = make_task(tmp_path, "single", solve="mkdir -p /app/out && echo r > /app/out/r\n"
                      "echo log > /tmp/run.log\n", test=PASS,
-                     toml='artifacts = ["/app/out", "/tmp/run.log", "/nope"]\n'
+                     toml='artifacts = ["/app/out", "/nope", '
+                          '{ source = "/tmp/run.log", destination = "logs/run.txt" }]\n'
                           '[environment]\ndocker_image = "tbhud/base:bookworm"\n')
     suite = load(task)
     with trio.fail_after(LIMIT):
         report = await rig.engine.run(suite, list(suite.tasks), RunConfig())
     result = report.tasks[0]
     assert (result.outcome, result.steps) == ("success", None)
-    assert result.artifacts == ["artifacts/out", "artifacts/run.log"]
+    assert result.artifacts == ["artifacts/out", "artifacts/logs/run.txt"]
     trial = rig.home / "runs" / report.run_id / "single"
     assert (trial / "artifacts/out/r").read_text() == "r\n"
-    assert (trial / "artifacts/run.log").read_text() == "log\n"
+    assert (trial / "artifacts/logs/run.txt").read_text() == "log\n"
+    assert sorted(p.name for p in (trial / "artifacts").iterdir()) == ["logs", "out"]
     assert any(e.text == "artifact /nope: not found in the sandbox"
                for e in rig.of_type(TBTaskOutput))
 
@@ -338,3 +348,28 @@ def test_the_summary_lists_steps_and_artifacts():
     assert "multi: step 1 (scaffold): ✓ success, reward 1, 1.2s" in text
     assert "multi: step 2 (implement): ! error, reward -, 0.3s  workdir/setup.sh exited 3" in text
     assert "multi: artifacts steps/scaffold/artifacts/plan.md" in text
+
+
+def test_steps_travel_on_the_wire_both_ways():
+    from client.wire import read_event
+    from protocol import dumps, event_from_wire
+    from protocol.events import TBTaskComplete, TBTaskProgress
+    from protocol.results import StepResult
+
+    step = StepResult("implement", "failure", 0.5, {"reward": 0.5, "style": 1.0}, 900, None)
+    complete = TBTaskComplete(run_id="r", task_id="t", outcome="failure", duration_ms=1000,
+                              turns=0, tokens=0, steps=[step])
+    wire = json.loads(dumps(complete))
+    assert wire["steps"] == [{"name": "implement", "outcome": "failure", "reward": 0.5,
+                              "rewards": {"reward": 0.5, "style": 1.0}, "durationMs": 900,
+                              "error": None}]
+    assert event_from_wire(wire) == read_event(wire) == complete  # the daemon, a client
+    progress = TBTaskProgress(run_id="r", task_id="t", phase="agent", elapsed_ms=5, step=2,
+                              steps_total=3, step_name="implement")
+    wire = json.loads(dumps(progress))
+    assert (wire["step"], wire["stepsTotal"], wire["stepName"]) == (2, 3, "implement")
+    assert read_event(wire) == progress
+    # A single-step task's events carry none of it.
+    plain = json.loads(dumps(TBTaskProgress(run_id="r", task_id="t", phase="agent",
+                                            elapsed_ms=5)))
+    assert not {"step", "stepsTotal", "stepName"} & set(plain)

@@ -11,6 +11,7 @@ the agent could not run) stops the rest, and so does a step whose reward misses 
 from __future__ import annotations
 
 import posixpath
+import shutil
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ import attrs
 
 from daemon.agents.base import INSTRUCTION_DIR, AgentError, AgentResult
 from daemon.sandbox import Sandbox
-from daemon.tasks.model import StepSpec, TaskSpec
+from daemon.tasks.model import Artifact, StepSpec, TaskSpec
 from protocol import TaskResult
 from protocol.results import StepResult
 
@@ -177,20 +178,32 @@ def _sum(values: Iterable[Any]) -> Any:
     return sum(found) if found else None
 
 
-async def collect_artifacts(run: TaskRun, sandbox: Sandbox, paths: tuple[str, ...],
+async def collect_artifacts(run: TaskRun, sandbox: Sandbox, artifacts: tuple[Artifact, ...],
                             under: str) -> list[str]:
-    """Copy each of `paths` (files or directories in the sandbox; relative ones from the
-    workdir) to `under` in the trial's directory, by its base name; the paths copied,
-    relative to the trial's directory. A missing one is a system line, never a failure."""
+    """Copy each artifact (a file or a directory in the sandbox; relative: from the
+    workdir) to `under` in the trial's directory, by its name or to its destination; the
+    paths copied, relative to the trial's directory. A missing one is a system line, never
+    a failure."""
     copied: list[str] = []
     dest = run.dir / under
-    for path in paths:
-        source = posixpath.normpath(posixpath.join(sandbox.workdir, path))
+    for artifact in artifacts:
+        source = posixpath.normpath(posixpath.join(sandbox.workdir, artifact.source))
         name = posixpath.basename(source)
-        dest.mkdir(parents=True, exist_ok=True)
-        await run.copy_out(sandbox, source, dest)
-        if not (dest / name).exists():
-            run.system(f"artifact {path}: not found in the sandbox")
+        # A copy lands by its own name: one that goes elsewhere is staged, then moved.
+        landing = dest if artifact.destination is None else dest / ".tbhud-staging"
+        landing.mkdir(parents=True, exist_ok=True)
+        await run.copy_out(sandbox, source, landing)
+        found = (landing / name).exists()
+        if artifact.destination is not None:
+            if found:
+                target = dest / artifact.destination
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)  # an earlier step's copy gives way to this one
+                (landing / name).replace(target)
+            shutil.rmtree(landing)
+        if not found:
+            run.system(f"artifact {artifact.source}: not found in the sandbox")
             continue
-        copied.append(f"{under}/{name}")
+        copied.append(f"{under}/{artifact.destination or name}")
     return copied

@@ -39,6 +39,7 @@ from daemon.tasks.model import (
     DEFAULT_AGENT_TIMEOUT_SEC,
     DEFAULT_BUILD_TIMEOUT_SEC,
     DEFAULT_VERIFIER_TIMEOUT_SEC,
+    Artifact,
     Environment,
     LoadError,
     StepSpec,
@@ -110,6 +111,15 @@ def _make_converter(mapping_word: str) -> cattrs.Converter:
                 raise BadValue(f"expected a number per reward key, got {key} = {_show(v)}")
         return {str(key): float(v) for key, v in value.items()}
     conv.register_structure_hook_func(lambda t: t == _MinReward, min_reward)
+
+    def artifact(value: Any, _: Any) -> Any:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, dict):
+            return conv.structure(value, _ArtifactTable)
+        raise BadValue(f"expected a path or {mapping_word} {{source, destination}}, "
+                       f"got {_show(value)}")
+    conv.register_structure_hook_func(lambda t: t == _ArtifactEntry, artifact)
 
     def setup_hook(value: Any, _: Any) -> Any:
         # The two suite shapes disagree on `setup`: {files: {...}} or a list of commands.
@@ -193,6 +203,15 @@ _MinReward = float | dict[str, float] | None  # a number, or a minimum per rewar
 
 
 @attrs.define(kw_only=True)
+class _ArtifactTable:
+    source: str
+    destination: str | None = None
+
+
+_ArtifactEntry = str | _ArtifactTable  # a path, or {source, destination}
+
+
+@attrs.define(kw_only=True)
 class _StepVerifier:
     timeout_sec: float | None = None
     env: dict[str, str] | None = None
@@ -205,7 +224,7 @@ class _Step:
     agent: _AgentSection = attrs.Factory(_AgentSection)  # unset: the task's
     verifier: _StepVerifier = attrs.Factory(_StepVerifier)
     min_reward: _MinReward = None
-    artifacts: list[str] = attrs.Factory(list)
+    artifacts: list[_ArtifactEntry] = attrs.Factory(list)
 
 
 @attrs.define(kw_only=True)
@@ -219,7 +238,7 @@ class _TaskToml:
     solution: _SolutionSection = attrs.Factory(_SolutionSection)
     steps: list[_Step] = attrs.Factory(list)
     multi_step_reward_strategy: Literal["mean", "final"] = "mean"
-    artifacts: list[str] = attrs.Factory(list)
+    artifacts: list[_ArtifactEntry] = attrs.Factory(list)
 
 
 _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
@@ -462,13 +481,23 @@ def _load_steps(config: _TaskToml, root: Path, task_dir: Path, shown: str,
     return tuple(steps)
 
 
-def _artifacts(paths: list[str], file: str, field: str) -> tuple[str, ...]:
-    """Harbor's `artifacts`: paths in the sandbox (relative ones: to the workdir)."""
-    for index, path in enumerate(paths):
+def _artifacts(entries: list[_ArtifactEntry], file: str, field: str) -> tuple[Artifact, ...]:
+    """Harbor's `artifacts`: paths in the sandbox (relative ones: to the workdir), each
+    copied by its name or to its `destination` (inside the artifacts directory)."""
+    found = []
+    for index, entry in enumerate(entries):
+        at = f"{field}[{index}]"
+        table = entry if isinstance(entry, _ArtifactTable) else _ArtifactTable(source=entry)
+        path = table.source
         if not path.strip() or "\0" in path or path.rstrip("/") == "":
-            raise LoadError(file, f"{field}[{index}]", "expected a path of a file or "
-                            f"directory in the sandbox (not / or empty), got {path!r}")
-    return tuple(paths)
+            raise LoadError(file, at if isinstance(entry, str) else f"{at}.source",
+                            "expected a path of a file or directory in the sandbox (not / "
+                            f"or empty), got {path!r}")
+        destination = table.destination
+        if destination is not None:
+            destination = _relative_path(destination, file, f"{at}.destination")
+        found.append(Artifact(source=path, destination=destination))
+    return tuple(found)
 
 
 def _load_dataset(dataset: Path, shown: str) -> Suite:

@@ -47,6 +47,16 @@ RewardStrategy = Literal["mean", "final"]
 
 
 @attrs.frozen
+class Artifact:
+    """A path in the sandbox (relative: to the workdir) copied out after verification, to
+    `destination` under the artifacts directory (a relative path), else by its own name.
+    Harbor's `artifacts` entries: "/app/out" or {source = "/app/out", destination = "x"}."""
+
+    source: str
+    destination: str | None = None
+
+
+@attrs.frozen
 class StepSpec:
     """One `[[steps]]` entry of a multi-step task with its `steps/<name>/` directory. A
     limit, user or env left None is the task's (Harbor's fallback to `[agent]` and
@@ -69,7 +79,7 @@ class StepSpec:
     # The reward this step must reach for the next ones to run: a number (for `reward`) or
     # a minimum per key of reward.json (a missing key is not met).
     min_reward: float | dict[str, float] | None = None
-    artifacts: tuple[str, ...] = ()
+    artifacts: tuple[Artifact, ...] = ()
 
 
 @attrs.frozen
@@ -110,7 +120,7 @@ class TaskSpec:
     multi_step_reward_strategy: RewardStrategy = "mean"
     # Paths in the sandbox copied into the trial's directory after verification (after each
     # step's, with the step's own `artifacts`, for a multi-step task).
-    artifacts: tuple[str, ...] = ()
+    artifacts: tuple[Artifact, ...] = ()
 
 
 @attrs.frozen
