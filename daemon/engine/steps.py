@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from daemon.agents.base import INSTRUCTION_DIR, AgentError, AgentResult
-from daemon.sandbox import Sandbox
+from daemon.sandbox import Sandbox, SandboxError
+from daemon.sandbox.base import EngineLost
 from daemon.tasks.model import Artifact, StepSpec, TaskSpec
 from protocol import TaskResult
 from protocol.results import StepResult
@@ -192,7 +193,14 @@ async def collect_artifacts(run: TaskRun, sandbox: Sandbox, artifacts: tuple[Art
         # A copy lands by its own name: one that goes elsewhere is staged, then moved.
         landing = dest if artifact.destination is None else dest / ".tbhud-staging"
         landing.mkdir(parents=True, exist_ok=True)
-        await run.copy_out(sandbox, source, landing)
+        try:
+            await run.copy_out(sandbox, source, landing)
+        except EngineLost:
+            raise
+        except SandboxError as exc:  # this artifact only: the task's verdict stands
+            run.system(f"artifact {artifact.source}: not copied: {exc}")
+            shutil.rmtree(landing / name, ignore_errors=True)
+            continue
         found = (landing / name).exists()
         if artifact.destination is not None:
             if found:
