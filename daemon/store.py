@@ -282,7 +282,7 @@ class Store:
                                 rewards=json.loads(rewards) if rewards else None,
                                 steps=None if steps is None else
                                 converter.structure(json.loads(steps), list[StepResult]),
-                                artifacts=json.loads(artifacts) if artifacts else [])
+                                artifacts=json.loads(artifacts) if artifacts else None)
             earlier = final.get((result.task_id, result.attempt))
             if earlier is not None:
                 retried.append(earlier)

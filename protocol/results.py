@@ -39,8 +39,8 @@ class TaskResult:
     rewards: dict[str, float] | None = None
     # A multi-step task's steps that ran, in order (null for a single-step task).
     steps: list[StepResult] | None = None
-    # The artifacts copied out, as paths relative to the trial's directory.
-    artifacts: list[str] = attrs.Factory(list)
+    # The artifacts copied out, as paths relative to the trial's directory (null: none).
+    artifacts: list[str] | None = None
 
 
 @attrs.frozen

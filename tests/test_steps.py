@@ -269,6 +269,7 @@ async def test_multi_step_tasks_end_to_end(rig: Rig, tmp_path: Path):
     number = by_id["stop-number"]
     assert steps("stop-number") == [("one", "failure", 0.5)]
     assert (number.outcome, number.reward) == ("failure", 0.5)
+    assert number.artifacts is None  # it names none
     assert number.error == ("stopped after step 1/2 (one): reward 0.5 is below min_reward 1")
 
     key = by_id["stop-key"]

@@ -157,7 +157,7 @@ def _task_result(run: TaskRun, ran: list[tuple[StepResult, TaskResult]], artifac
         result = run._result("success" if reward is not None and reward >= 1 else "failure",
                              **counts)
     versions = [r.agent_version for r in results if r.agent_version]
-    return attrs.evolve(result, steps=steps, artifacts=artifacts,
+    return attrs.evolve(result, steps=steps, artifacts=artifacts or None,
                         agent_version=versions[-1] if versions else None)
 
 

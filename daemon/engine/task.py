@@ -221,7 +221,7 @@ class TaskRun:
         agent_result, agent_overran = await self._agent_phase(sandbox, mult)
         result = await self._verification(sandbox, mult, agent_result, agent_overran)
         copied = await collect_artifacts(self, sandbox, self.task.artifacts, "artifacts")
-        return attrs.evolve(result, artifacts=copied)
+        return attrs.evolve(result, artifacts=copied or None)
 
     async def _setup(self, sandbox: Sandbox) -> TaskResult | None:
         """The instruction, a suite task's files and commands; an error result if one fails."""
