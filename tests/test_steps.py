@@ -374,3 +374,30 @@ def test_steps_travel_on_the_wire_both_ways():
     plain = json.loads(dumps(TBTaskProgress(run_id="r", task_id="t", phase="agent",
                                             elapsed_ms=5)))
     assert not {"step", "stepsTotal", "stepName"} & set(plain)
+
+
+def test_a_store_from_before_steps_gains_their_columns(tmp_path: Path):
+    import sqlite3
+
+    from daemon.store import Store
+    from protocol import TaskResult
+    from protocol.results import StepResult
+
+    with Store(tmp_path) as store:  # made, then taken back to the schema before steps
+        store.begin_run("old", suite_name="s", suite_version="", suite_path="", agent="o",
+                        task_ids=["t"], timestamp="t")
+        store.record_task("old", TaskResult("t", "success", 1, None, None, 1.0, 0, None,
+                                            None, None))
+    with sqlite3.connect(tmp_path / "tbhud.sqlite3") as db:
+        db.execute("ALTER TABLE task_results DROP COLUMN steps")
+        db.execute("ALTER TABLE task_results DROP COLUMN artifacts")
+    db.close()
+    with Store(tmp_path) as store:
+        old = store.task_results("old")[0]
+        assert (old.outcome, old.steps, old.artifacts) == ("success", None, None)
+        step = StepResult("a", "success", 1.0, {"reward": 1.0}, 5, None)
+        store.record_task("old", TaskResult("t", "success", 2, None, None, 1.0, 0, None,
+                                            None, None, tries=2, steps=[step],
+                                            artifacts=["steps/a/artifacts/x"]))
+        new = store.task_results("old")[0]
+        assert (new.steps, new.artifacts) == ([step], ["steps/a/artifacts/x"])
