@@ -41,9 +41,11 @@ from daemon.tasks.model import (
     DEFAULT_VERIFIER_TIMEOUT_SEC,
     Environment,
     LoadError,
+    NetworkMode,
     Suite,
     TaskSpec,
 )
+from daemon.tasks.network import baseline, phase_policy
 from protocol.converter import BadValue, make_converter, problems
 from protocol.converter import show as _show
 
@@ -139,16 +141,27 @@ class _Metadata:
 
 
 @attrs.define(kw_only=True)
+class _VerifierEnvironmentNetwork:
+    network_mode: NetworkMode | None = None
+    allowed_hosts: list[str] = attrs.Factory(list)
+
+
+@attrs.define(kw_only=True)
 class _VerifierSection:
     timeout_sec: float = DEFAULT_VERIFIER_TIMEOUT_SEC
     env: dict[str, str] = attrs.Factory(dict)
     user: _StrOrInt = None
+    network_mode: NetworkMode | None = None
+    allowed_hosts: list[str] = attrs.Factory(list)
+    environment: _VerifierEnvironmentNetwork = attrs.Factory(_VerifierEnvironmentNetwork)
 
 
 @attrs.define(kw_only=True)
 class _AgentSection:
     timeout_sec: float | None = None
     user: _StrOrInt = None
+    network_mode: NetworkMode | None = None
+    allowed_hosts: list[str] = attrs.Factory(list)
 
 
 @attrs.define(kw_only=True)
@@ -162,7 +175,7 @@ class _EnvironmentSection:
     storage: _StrOrInt = None
     gpus: int = 0
     allow_internet: bool = True
-    network_mode: Literal["public", "no-network", "allowlist"] | None = None
+    network_mode: NetworkMode | None = None
     allowed_hosts: list[str] = attrs.Factory(list)
     workdir: str | None = None  # tbhud extension (DESIGN §2)
     env: dict[str, str] = attrs.Factory(dict)
@@ -307,12 +320,16 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
         storage_mb = _size_mb(env_cfg.storage, toml_file, "environment.storage")
         _positive(storage_mb, toml_file, "environment.storage")
 
-    if env_cfg.network_mode is not None:  # the newer key wins over allow_internet
-        # Docker has no per-host allowlist, so "allowlist" runs with no network at all:
-        # a task that only needs its allowed hosts may fail, but none gets more than it asked.
-        network = "public" if env_cfg.network_mode == "public" else "none"
-    else:
-        network = "public" if env_cfg.allow_internet else "none"
+    network = baseline(env_cfg.network_mode, env_cfg.allow_internet, env_cfg.allowed_hosts,
+                       file=toml_file)
+    agent_cfg, verifier_cfg = config.agent, config.verifier
+    agent_network = phase_policy(agent_cfg.network_mode, agent_cfg.allowed_hosts,
+                                 section="agent", fallback=network, file=toml_file)
+    verifier_base = phase_policy(
+        verifier_cfg.environment.network_mode, verifier_cfg.environment.allowed_hosts,
+        section="verifier.environment", fallback=network, file=toml_file)
+    verifier_network = phase_policy(verifier_cfg.network_mode, verifier_cfg.allowed_hosts,
+                                    section="verifier", fallback=verifier_base, file=toml_file)
 
     instruction_file = f"{shown}/instruction.md"
     _require_file(root, task_dir / "instruction.md", instruction_file)
@@ -351,7 +368,6 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
             network=network,
             workdir=env_cfg.workdir,
             env=_resolve_env(env_cfg.env),
-            allowed_hosts=tuple(env_cfg.allowed_hosts),
         ),
         agent_timeout_sec=config.agent.timeout_sec or DEFAULT_AGENT_TIMEOUT_SEC,
         agent_user=_user(config.agent.user),
@@ -364,6 +380,8 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
         solution_env=_resolve_env(config.solution.env),
         author_name=meta.author_name,
         author_email=meta.author_email,
+        agent_network=agent_network,
+        verifier_network=verifier_network,
     )
 
 
