@@ -17,7 +17,7 @@ from daemon.agents.claude_stream import redact
 from daemon.engine.logs import CappedLog, Tail
 from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward, read_rewards
 from daemon.sandbox import Sandbox, SandboxError, Stats
-from daemon.tasks.model import TaskSpec
+from daemon.tasks.model import NetworkPolicy, TaskSpec
 from protocol import TaskResult
 from protocol.events import (
     ContainerStart,
@@ -98,6 +98,7 @@ class TaskRun:
         self.phase: Phase = "setup"
         self.turn: int | None = None
         self.sandbox: Sandbox | None = None
+        self.network = task.environment.network  # the sandbox's policy now (the baseline)
         self.verifier_tail = Tail(VERIFICATION_TAIL)
         self.reported_percent = -100.0
         self.logs: dict[str, CappedLog] = {}
@@ -228,6 +229,7 @@ class TaskRun:
         """Run the agent within its limit. Returns what it reported and, if it overran, why."""
         task = self.task
         self.progress("agent", turn=0)
+        await self.enter_network(sandbox, task.agent_network)
         limit = (self.config.agent_timeout_sec or task.agent_timeout_sec) * mult
         ctx = AgentContext(
             sandbox=sandbox, task=task, run_id=self.run_id, instruction=task.instruction,
@@ -252,6 +254,7 @@ class TaskRun:
         timeout too (the outcome stays timeout, the reward is kept)."""
         task = self.task
         self.progress("verification")
+        await self.enter_network(sandbox, task.verifier_network)
         # The agent could have planted /tests or a reward file: start both from nothing.
         # Shells by absolute path: the agent (root) may have put others first on PATH.
         await sandbox.exec(["/bin/sh", "-c", f"rm -rf /tests {VERIFIER_LOGS} && "
@@ -285,6 +288,19 @@ class TaskRun:
                 "error", error=f"{reward_error} (test.sh exited {verified.exit_code}; "
                 f"{VERIFIER_LOGS} held {listed})", **stats)
         return self._result("success" if reward >= 1 else "failure", **stats)
+
+    async def enter_network(self, sandbox: Sandbox, policy: NetworkPolicy) -> None:
+        """Put the sandbox under `policy` for the phase (or step) about to run. What cannot
+        be enforced fails the task with the key that asked for it, never a weaker run."""
+        if policy == self.network:
+            return
+        try:
+            await sandbox.set_network(policy)
+        except SandboxError as exc:
+            raise SandboxError(f"{policy.key} = {policy.mode!r} cannot be enforced: {exc}",
+                               retryable=exc.retryable) from exc
+        self.network = policy
+        self.system(f"network: {policy.describe()}")
 
     def _system_line(self, _stream: str, line: str) -> None:
         self.system(line)
