@@ -328,7 +328,9 @@ class DockerSandboxes(SandboxProvider):
                 raise SandboxError(f"{env.network.key} = {env.network.mode!r} cannot be "
                                    f"enforced: {exc}", retryable=exc.retryable) from exc
             await self.call("cannot start the container", container.start)
-        except SandboxError:
+        except BaseException:
+            # Failed, or cancelled (a stop) before the caller holds the sandbox: nobody else
+            # would remove the container, its proxy or its network.
             with trio.CancelScope(shield=True):
                 await sandbox.remove()
             raise
