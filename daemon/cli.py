@@ -7,6 +7,7 @@
     python -m daemon stop                   stop it gracefully (the active run is recorded)
     python -m daemon status [--json]        where the running daemon is
     python -m daemon base-image             build the base image when Docker lacks it
+    python -m daemon proxy-image            build the allowlist's egress proxy image likewise
 
 Exit status: 0 done, 1 failed (no daemon for `status`, cannot start or stop), 2 bad usage.
 Heavy modules (the docker SDK) are imported by the actions that need them.
@@ -37,9 +38,9 @@ def build_parser(prog: str = "python -m daemon") -> argparse.ArgumentParser:
         prog=prog, description="The tbhud daemon: owns the Docker runs, the history and the "
                                "HUD protocol; one per data directory.")
     parser.add_argument("action", nargs="?", default="start",
-                        choices=("start", "status", "stop", "base-image"),
+                        choices=("start", "status", "stop", "base-image", "proxy-image"),
                         help="start in the background (default), status, stop, or build the "
-                             "base image")
+                             "base image or the egress proxy image")
     parser.add_argument("--foreground", action="store_true",
                         help="start: run in this process until SIGTERM (systemd, tests)")
     parser.add_argument("--listen", metavar="HOST:PORT",
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m daemon") -> int:
         options = [*(["--image", args.image] if args.image else []),
                    *(["--mirror", args.mirror] if args.mirror else [])]
         return baseimage.main(options)
+    if args.action == "proxy-image":
+        from daemon.sandbox.docker import egress
+
+        return egress.main()
     try:
         # The daemon drives Docker (daemon/sandbox/docker), whose SDK loads only when the
         # first run needs it: without it, refuse to start rather than fail later.

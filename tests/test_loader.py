@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from daemon.tasks.loader import load
-from daemon.tasks.model import BASE_IMAGE, LoadError
+from daemon.tasks.model import BASE_IMAGE, LoadError, NetworkPolicy
 
 FULL_TOML = """\
 version = "1.0"
@@ -123,7 +123,7 @@ def test_tb2_task_honours_every_field(tmp_path: Path, monkeypatch: pytest.Monkey
     assert env.cpus == 2.5
     assert env.memory_mb == 3072  # the older `memory` wins over memory_mb
     assert env.storage_mb == 512
-    assert env.network == "none"  # network_mode wins over allow_internet
+    assert env.network == NetworkPolicy("no-network")  # network_mode wins over allow_internet
     assert env.workdir == "/srv/app"
     assert env.env == {"A": "set-value", "B": "x--y", "C": "dflt", "D": "fallback",
                        "E": "$HOME stays"}
@@ -143,7 +143,8 @@ def test_schema_version_docker_image_and_defaults(tmp_path: Path) -> None:
     assert suite.version == "1.1"
     env = task.environment
     assert (env.docker_image, env.build_context) == ("ghcr.io/x/y:1", None)
-    assert (env.cpus, env.memory_mb, env.storage_mb, env.network) == (1.0, 2048, 10240, "public")
+    assert (env.cpus, env.memory_mb, env.storage_mb, env.network) == (1.0, 2048, 10240,
+                                                                       NetworkPolicy())
     assert (env.build_timeout_sec, env.workdir, env.env) == (600.0, None, {})
     assert (task.agent_timeout_sec, task.verifier_timeout_sec) == (600.0, 600.0)
     assert (task.difficulty, task.category, task.tags) == ("medium", "uncategorized", ())
@@ -162,21 +163,75 @@ def test_task_toml_file_means_its_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("environment", "network"), [
-    ("allow_internet = false", "none"),
-    ("allow_internet = true", "public"),
-    ('allow_internet = false\nnetwork_mode = "public"', "public"),
-    ('network_mode = "allowlist"\nallowed_hosts = ["pypi.org"]', "none"),
-    ("", "public"),
+    ("allow_internet = false", NetworkPolicy("no-network")),
+    ("allow_internet = true", NetworkPolicy("public")),
+    ('allow_internet = false\nnetwork_mode = "public"', NetworkPolicy("public")),
+    ('network_mode = "allowlist"\nallowed_hosts = ["pypi.org"]',
+     NetworkPolicy("allowlist", ("pypi.org",))),
+    ('network_mode = "allowlist"', NetworkPolicy("allowlist")),  # no host: no egress
+    ("", NetworkPolicy("public")),
 ])
-def test_network(tmp_path: Path, environment: str, network: str) -> None:
+def test_network(tmp_path: Path, environment: str, network: NetworkPolicy) -> None:
     task_dir = make_task(tmp_path, toml=f"[environment]\n{environment}\n")
-    assert load(task_dir).tasks[0].environment.network == network
+    [task] = load(task_dir).tasks
+    # A phase that sets nothing runs under the baseline.
+    assert task.environment.network == task.agent_network == task.verifier_network == network
 
 
 def test_allowlist_keeps_the_hosts(tmp_path: Path) -> None:
     task_dir = make_task(tmp_path, toml='[environment]\nnetwork_mode = "allowlist"\n'
-                         'allowed_hosts = ["pypi.org", "github.com"]\n')
-    assert load(task_dir).tasks[0].environment.allowed_hosts == ("pypi.org", "github.com")
+                         'allowed_hosts = ["pypi.org", "GitHub.com.", "*.pythonhosted.org", '
+                         '"pypi.org", "10.0.0.7"]\n')
+    assert load(task_dir).tasks[0].environment.network.allowed_hosts == (
+        "pypi.org", "github.com", "*.pythonhosted.org", "10.0.0.7")
+
+
+@pytest.mark.parametrize(("toml", "agent", "verifier"), [
+    # Harbor's own example: a no-network baseline, an allowlist agent, a public verifier.
+    ('[environment]\nnetwork_mode = "no-network"\n[agent]\nnetwork_mode = "allowlist"\n'
+     'allowed_hosts = ["pypi.org"]\n[verifier]\nnetwork_mode = "public"\n',
+     NetworkPolicy("allowlist", ("pypi.org",)), NetworkPolicy("public")),
+    ('[agent]\nnetwork_mode = "no-network"\n',
+     NetworkPolicy("no-network"), NetworkPolicy("public")),
+    # The verifier environment's baseline applies to the verifier; [verifier] wins over it.
+    ('[environment]\nallow_internet = false\n[verifier.environment]\n'
+     'network_mode = "public"\n', NetworkPolicy("no-network"), NetworkPolicy("public")),
+    ('[verifier]\nnetwork_mode = "no-network"\n[verifier.environment]\n'
+     'network_mode = "public"\n', NetworkPolicy("public"), NetworkPolicy("no-network")),
+])
+def test_phase_network_overrides(tmp_path: Path, toml: str, agent: NetworkPolicy,
+                                 verifier: NetworkPolicy) -> None:
+    [task] = load(make_task(tmp_path, toml=toml)).tasks
+    assert (task.agent_network, task.verifier_network) == (agent, verifier)
+
+
+def test_a_phase_policy_names_its_key(tmp_path: Path) -> None:
+    [task] = load(make_task(tmp_path, toml='[environment]\nallow_internet = false\n'
+                            '[agent]\nnetwork_mode = "public"\n')).tasks
+    assert (task.environment.network.key, task.agent_network.key,
+            task.verifier_network.key) == ("environment.allow_internet", "agent.network_mode",
+                                           "environment.allow_internet")
+
+
+@pytest.mark.parametrize(("toml", "field", "expected"), [
+    ('[agent]\nallowed_hosts = ["pypi.org"]', "agent.allowed_hosts",
+     'needs network_mode = "allowlist"'),
+    ('[verifier]\nnetwork_mode = "public"\nallowed_hosts = ["pypi.org"]',
+     "verifier.allowed_hosts", "applies only to network_mode = \"allowlist\""),
+    ('[agent]\nnetwork_mode = "allowlist"\nallowed_hosts = ["https://pypi.org/simple"]',
+     "agent.allowed_hosts[0]", "expected a host name"),
+    ('[environment]\nnetwork_mode = "allowlist"\nallowed_hosts = ["a.org", "b.org:443"]',
+     "environment.allowed_hosts[1]", "expected a host name"),
+    ('[verifier.environment]\nnetwork_mode = "allowlist"\nallowed_hosts = ["10.0.0.0/8"]',
+     "verifier.environment.allowed_hosts[0]", "expected a host name"),
+    ('[agent]\nnetwork_mode = "offline"', "agent.network_mode", "expected one of"),
+])
+def test_network_policies_that_cannot_be_enforced_are_refused(
+        tmp_path: Path, toml: str, field: str, expected: str) -> None:
+    with pytest.raises(LoadError) as caught:
+        load(make_task(tmp_path, toml=toml))
+    assert caught.value.field == field
+    assert expected in caught.value.message
 
 
 @pytest.mark.parametrize(("memory", "mb"), [

@@ -17,7 +17,7 @@ import trio
 from daemon.sandbox import Sandbox, SandboxError, SandboxProvider, Stats
 from daemon.sandbox.docker import DockerSandboxes, instance_name
 from daemon.tasks.loader import load
-from daemon.tasks.model import TaskSpec
+from daemon.tasks.model import NetworkPolicy, TaskSpec
 from tests.conftest import make_task, our_containers
 
 pytestmark = pytest.mark.docker
@@ -182,6 +182,42 @@ async def test_stats_are_reported(sandbox: Sandbox):
             nursery.cancel_scope.cancel()
     assert seen[0].memory_bytes > 0 and seen[0].memory_limit_bytes > 0
     assert seen[0].cpu_percent >= 0
+
+
+async def interfaces(sandbox: Sandbox) -> list[str]:
+    lines, code, _ = await run(sandbox, "ls /sys/class/net")
+    assert code == 0
+    return sorted(line for _s, line in lines)
+
+
+async def test_set_network_switches_between_loopback_only_and_the_network(sandbox: Sandbox):
+    public = await interfaces(sandbox)
+    assert "lo" in public and len(public) > 1  # a public baseline has its interface
+    with trio.fail_after(LIMIT):
+        await sandbox.set_network(NetworkPolicy("no-network"))
+    assert await interfaces(sandbox) == ["lo"]
+    # An allowlist of no host denies all egress: loopback only too, and no proxy to name.
+    with trio.fail_after(LIMIT):
+        await sandbox.set_network(NetworkPolicy("allowlist", ()))
+    assert await interfaces(sandbox) == ["lo"]
+    assert sandbox.network_env == {}
+    with trio.fail_after(LIMIT):
+        await sandbox.set_network(NetworkPolicy("public"))
+    assert len(await interfaces(sandbox)) == len(public)
+
+
+async def test_a_no_network_baseline_holds_from_the_start(provider: SandboxProvider,
+                                                          task: TaskSpec):
+    offline = attrs.evolve(task, environment=attrs.evolve(
+        task.environment, network=NetworkPolicy("no-network")))
+    with trio.fail_after(LIMIT):
+        image = await provider.prepare_image(offline, lambda _line: None, run_id="conformance")
+        box = await provider.create(offline, image, run_id="conformance")
+    try:
+        assert await interfaces(box) == ["lo"]
+    finally:
+        with trio.fail_after(LIMIT):
+            await box.remove()
 
 
 async def test_a_removed_sandbox_fails_with_a_neutral_error(sandbox: Sandbox):

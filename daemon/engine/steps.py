@@ -41,7 +41,9 @@ def step_task(task: TaskSpec, step: StepSpec) -> TaskSpec:
         agent_user=either(step.agent_user, task.agent_user),
         verifier_timeout_sec=either(step.verifier_timeout_sec, task.verifier_timeout_sec),
         verifier_user=either(step.verifier_user, task.verifier_user),
-        verifier_env=either(step.verifier_env, task.verifier_env))
+        verifier_env=either(step.verifier_env, task.verifier_env),
+        agent_network=either(step.agent_network, task.agent_network),
+        verifier_network=either(step.verifier_network, task.verifier_network))
 
 
 async def run_steps(run: TaskRun, sandbox: Sandbox, mult: float) -> TaskResult:

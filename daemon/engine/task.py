@@ -19,7 +19,7 @@ from daemon.engine.steps import collect_artifacts, run_steps
 from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward, read_rewards
 from daemon.sandbox import Sandbox, SandboxError, Stats
 from daemon.sandbox.base import CopiedFiles
-from daemon.tasks.model import TaskSpec
+from daemon.tasks.model import NetworkPolicy, TaskSpec
 from protocol import TaskResult
 from protocol.events import (
     ContainerStart,
@@ -107,6 +107,7 @@ class TaskRun:
         self.spec: TaskSpec = task
         self.out: Path = self.dir
         self.step: tuple[int, int, str] | None = None
+        self.network = task.environment.network  # the sandbox's policy now (the baseline)
         self.verifier_tail = Tail(VERIFICATION_TAIL)
         self.reported_percent = -100.0
         self.logs: dict[str, CappedLog] = {}
@@ -243,6 +244,7 @@ class TaskRun:
         """Run the agent within its limit. Returns what it reported and, if it overran, why."""
         task = self.spec
         self.progress("agent", turn=0)
+        await self.enter_network(sandbox, task.agent_network)
         limit = (self.config.agent_timeout_sec or task.agent_timeout_sec) * mult
         ctx = AgentContext(
             sandbox=sandbox, task=task, run_id=self.run_id, instruction=task.instruction,
@@ -267,6 +269,7 @@ class TaskRun:
         timeout too (the outcome stays timeout, the reward is kept)."""
         task = self.spec
         self.progress("verification")
+        await self.enter_network(sandbox, task.verifier_network)
         # The agent could have planted /tests or a reward file: start both from nothing.
         # Shells by absolute path: the agent (root) may have put others first on PATH.
         await sandbox.exec(["/bin/sh", "-c", f"rm -rf /tests {VERIFIER_LOGS} && "
@@ -305,6 +308,18 @@ class TaskRun:
         if files.left_out:
             self.system(f"{path}: left out past the copy limit: {', '.join(files.left_out)}")
         return files
+    async def enter_network(self, sandbox: Sandbox, policy: NetworkPolicy) -> None:
+        """Put the sandbox under `policy` for the phase (or step) about to run. What cannot
+        be enforced fails the task with the key that asked for it, never a weaker run."""
+        if policy == self.network:
+            return
+        try:
+            await sandbox.set_network(policy)
+        except SandboxError as exc:
+            raise SandboxError(f"{policy.key} = {policy.mode!r} cannot be enforced: {exc}",
+                               retryable=exc.retryable) from exc
+        self.network = policy
+        self.system(f"network: {policy.describe()}")
 
     def _system_line(self, _stream: str, line: str) -> None:
         self.system(line)

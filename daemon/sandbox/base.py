@@ -20,7 +20,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from daemon.tasks.model import TaskSpec
+from daemon.tasks.model import NetworkPolicy, TaskSpec
 from protocol.rpc import PullPolicy
 
 MAX_LINE = 64 * 1024  # by default a "line" longer than this is passed on in pieces
@@ -96,6 +96,9 @@ class Sandbox(abc.ABC):
     id: str
     image: str
     workdir: str  # the task's working directory in the sandbox
+    # What the current network policy needs in every command's environment (an allowlist's
+    # HTTP(S)_PROXY); set by `set_network`. A command's own `environment` wins.
+    network_env: dict[str, str] = {}  # noqa: RUF012 (replaced, never mutated)
 
     # A time limit of its own rather than the caller's cancel scope (ASYNC109): reaching it
     # must kill the processes, which cancelling the wait alone would leave running.
@@ -107,6 +110,8 @@ class Sandbox(abc.ABC):
         `timeout` seconds pass; then every process in the sandbox is killed (processes the
         command left behind too) before this returns `timed_out`. Cancelling from outside
         does not stop the processes: the caller must `kill_all`."""
+        if self.network_env:
+            environment = {**self.network_env, **(environment or {})}
         with trio.move_on_after(timeout if timeout is not None else float("inf")) as clock:
             code = await self._run(cmd, on_line=on_line, user=user, workdir=workdir,
                                    environment=environment, max_line=max_line)
@@ -120,6 +125,14 @@ class Sandbox(abc.ABC):
                    workdir: str | None, environment: dict[str, str] | None,
                    max_line: int) -> int:
         """Run `cmd` to its end, streaming its lines; its exit code."""
+
+    @abc.abstractmethod
+    async def set_network(self, policy: NetworkPolicy) -> None:
+        """Put the sandbox under `policy` from now on, or raise a SandboxError: never a
+        weaker policy. `public`: the engine's network; `no-network`: loopback only;
+        `allowlist`: only the allowed hosts, through a proxy named in `network_env` (none
+        listed: loopback only). Called with the baseline before the sandbox starts, then
+        at each phase (and step) that sets its own."""
 
     @abc.abstractmethod
     async def put_files(self, files: dict[str, bytes], dest: str) -> None:

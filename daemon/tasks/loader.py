@@ -42,10 +42,13 @@ from daemon.tasks.model import (
     Artifact,
     Environment,
     LoadError,
+    NetworkMode,
+    NetworkPolicy,
     StepSpec,
     Suite,
     TaskSpec,
 )
+from daemon.tasks.network import baseline, phase_policy
 from protocol.converter import BadValue, make_converter, problems
 from protocol.converter import show as _show
 
@@ -165,16 +168,27 @@ class _Metadata:
 
 
 @attrs.define(kw_only=True)
+class _VerifierEnvironmentNetwork:
+    network_mode: NetworkMode | None = None
+    allowed_hosts: list[str] = attrs.Factory(list)
+
+
+@attrs.define(kw_only=True)
 class _VerifierSection:
     timeout_sec: float = DEFAULT_VERIFIER_TIMEOUT_SEC
     env: dict[str, str] = attrs.Factory(dict)
     user: _StrOrInt = None
+    network_mode: NetworkMode | None = None
+    allowed_hosts: list[str] = attrs.Factory(list)
+    environment: _VerifierEnvironmentNetwork = attrs.Factory(_VerifierEnvironmentNetwork)
 
 
 @attrs.define(kw_only=True)
 class _AgentSection:
     timeout_sec: float | None = None
     user: _StrOrInt = None
+    network_mode: NetworkMode | None = None
+    allowed_hosts: list[str] = attrs.Factory(list)
 
 
 @attrs.define(kw_only=True)
@@ -188,7 +202,7 @@ class _EnvironmentSection:
     storage: _StrOrInt = None
     gpus: int = 0
     allow_internet: bool = True
-    network_mode: Literal["public", "no-network", "allowlist"] | None = None
+    network_mode: NetworkMode | None = None
     allowed_hosts: list[str] = attrs.Factory(list)
     workdir: str | None = None  # tbhud extension (DESIGN §2)
     env: dict[str, str] = attrs.Factory(dict)
@@ -216,6 +230,8 @@ class _StepVerifier:
     timeout_sec: float | None = None
     env: dict[str, str] | None = None
     user: _StrOrInt = None
+    network_mode: NetworkMode | None = None
+    allowed_hosts: list[str] = attrs.Factory(list)
 
 
 @attrs.define(kw_only=True)
@@ -364,12 +380,16 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
         storage_mb = _size_mb(env_cfg.storage, toml_file, "environment.storage")
         _positive(storage_mb, toml_file, "environment.storage")
 
-    if env_cfg.network_mode is not None:  # the newer key wins over allow_internet
-        # Docker has no per-host allowlist, so "allowlist" runs with no network at all:
-        # a task that only needs its allowed hosts may fail, but none gets more than it asked.
-        network = "public" if env_cfg.network_mode == "public" else "none"
-    else:
-        network = "public" if env_cfg.allow_internet else "none"
+    network = baseline(env_cfg.network_mode, env_cfg.allow_internet, env_cfg.allowed_hosts,
+                       file=toml_file)
+    agent_cfg, verifier_cfg = config.agent, config.verifier
+    agent_network = phase_policy(agent_cfg.network_mode, agent_cfg.allowed_hosts,
+                                 section="agent", fallback=network, file=toml_file)
+    verifier_base = phase_policy(
+        verifier_cfg.environment.network_mode, verifier_cfg.environment.allowed_hosts,
+        section="verifier.environment", fallback=network, file=toml_file)
+    verifier_network = phase_policy(verifier_cfg.network_mode, verifier_cfg.allowed_hosts,
+                                    section="verifier", fallback=verifier_base, file=toml_file)
 
     # A multi-step task's instructions are its steps'; Harbor keeps a top-level one optional.
     instruction_file = f"{shown}/instruction.md"
@@ -412,7 +432,6 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
             network=network,
             workdir=env_cfg.workdir,
             env=_resolve_env(env_cfg.env),
-            allowed_hosts=tuple(env_cfg.allowed_hosts),
         ),
         agent_timeout_sec=config.agent.timeout_sec or DEFAULT_AGENT_TIMEOUT_SEC,
         agent_user=_user(config.agent.user),
@@ -428,10 +447,22 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
         steps=_load_steps(config, root, task_dir, shown, test_files),
         multi_step_reward_strategy=config.multi_step_reward_strategy,
         artifacts=_artifacts(config.artifacts, toml_file, "artifacts"),
+        agent_network=agent_network,
+        verifier_network=verifier_network,
     )
 
 
 _STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _step_network(section: _AgentSection | _StepVerifier, name: str,
+                  toml_file: str) -> NetworkPolicy | None:
+    """A step's own network policy for a phase, or None (the task's) when it sets none."""
+    if section.network_mode is None and not section.allowed_hosts:
+        return None
+    # The fallback is never used: a section with hosts but no mode is refused.
+    return phase_policy(section.network_mode, section.allowed_hosts, section=name,
+                        fallback=NetworkPolicy(), file=toml_file)
 
 
 def _load_steps(config: _TaskToml, root: Path, task_dir: Path, shown: str,
@@ -477,6 +508,8 @@ def _load_steps(config: _TaskToml, root: Path, task_dir: Path, shown: str,
             verifier_env=None if step.verifier.env is None else _resolve_env(step.verifier.env),
             min_reward=step.min_reward,
             artifacts=_artifacts(step.artifacts, toml_file, f"{at}.artifacts"),
+            agent_network=_step_network(step.agent, f"{at}.agent", toml_file),
+            verifier_network=_step_network(step.verifier, f"{at}.verifier", toml_file),
         ))
     return tuple(steps)
 

@@ -21,6 +21,27 @@ DEFAULT_BUILD_TIMEOUT_SEC = 600.0  # Harbor's default.
 DEFAULT_WORKDIR = "/app"  # used when neither the task nor the image names one
 
 
+NetworkMode = Literal["public", "no-network", "allowlist"]
+
+
+@attrs.frozen
+class NetworkPolicy:
+    """What a phase may reach, in Harbor's terms: `public` (the default bridge: anything),
+    `no-network` (loopback only), `allowlist` (only `allowed_hosts`, through an HTTP(S) proxy;
+    none listed denies all egress)."""
+
+    mode: NetworkMode = "public"
+    allowed_hosts: tuple[str, ...] = ()
+    # The task.toml key it came from ("agent.network_mode"), named when it cannot be enforced;
+    # not part of what the policy is.
+    key: str = attrs.field(default="environment.network_mode", eq=False)
+
+    def describe(self) -> str:
+        if self.mode == "allowlist":
+            return f"allowlist ({', '.join(self.allowed_hosts) or 'no hosts'})"
+        return self.mode
+
+
 @attrs.frozen
 class Environment:
     """How the task's container is made: `[environment]` of task.toml."""
@@ -32,13 +53,12 @@ class Environment:
     cpus: float = 1.0
     memory_mb: int = 2048
     storage_mb: int = 10240
-    # "public" or "none". Harbor's "allowlist" has no Docker equivalent; it runs as "none".
-    network: str = "public"
+    # The baseline policy (`[environment]`): setup runs under it, and so does a phase that
+    # sets none of its own.
+    network: NetworkPolicy = attrs.field(factory=NetworkPolicy)
     workdir: str | None = None
     # Environment variables for the container, ${VAR} templates already resolved.
     env: dict[str, str] = attrs.field(factory=dict)
-    # Harbor's `allowed_hosts` (network_mode = "allowlist"); kept for reports, not enforced.
-    allowed_hosts: tuple[str, ...] = ()
 
 
 # How a multi-step task's reward comes from its steps' (Harbor's multi_step_reward_strategy):
@@ -80,6 +100,9 @@ class StepSpec:
     # a minimum per key of reward.json (a missing key is not met).
     min_reward: float | dict[str, float] | None = None
     artifacts: tuple[Artifact, ...] = ()
+    # `[steps.agent]` / `[steps.verifier]` network_mode for this step; None: the task's.
+    agent_network: NetworkPolicy | None = None
+    verifier_network: NetworkPolicy | None = None
 
 
 @attrs.frozen
@@ -121,6 +144,10 @@ class TaskSpec:
     # Paths in the sandbox copied into the trial's directory after verification (after each
     # step's, with the step's own `artifacts`, for a multi-step task).
     artifacts: tuple[Artifact, ...] = ()
+    # The policy in force while the agent runs (`[agent]`, else the baseline) and while the
+    # verifier runs (`[verifier]`, else `[verifier.environment]`, else the baseline).
+    agent_network: NetworkPolicy = attrs.field(factory=NetworkPolicy)
+    verifier_network: NetworkPolicy = attrs.field(factory=NetworkPolicy)
 
 
 @attrs.frozen

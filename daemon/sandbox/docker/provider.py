@@ -34,6 +34,7 @@ from daemon.sandbox.base import (
     SandboxError,
     SandboxProvider,
 )
+from daemon.sandbox.docker.egress import LABEL_ROLE, ensure_proxy_image, remove_orphan_networks
 from daemon.sandbox.docker.errors import DOCKER_FAILURES, failure
 from daemon.sandbox.docker.helper import HELPER_DIR, KEEPER, helper_dir
 from daemon.sandbox.docker.sandbox import DockerSandbox
@@ -93,9 +94,12 @@ class DockerSandboxes(SandboxProvider):
     name = "docker"
 
     def __init__(self, client: docker.DockerClient, *, instance: str = "default",
-                 max_threads: int = 8) -> None:
+                 max_threads: int = 8, egress_network: str = "bridge") -> None:
         self.client = client
         self.instance = instance
+        # The network an allowlist's egress proxy reaches out through (tests name their own,
+        # where local test servers resolve by name); `public` phases use the default bridge.
+        self.egress_network = egress_network
         self.api_limiter = trio.CapacityLimiter(max_threads)
         # Stream readers live as long as their stream; they get their own, larger pool so that
         # long agent execs never starve short API calls.
@@ -164,6 +168,9 @@ class DockerSandboxes(SandboxProvider):
                             progress: Progress | None = None) -> str:
         env = task.environment
         limit_sec = env.build_timeout_sec * timeout_multiplier
+        if any(p.mode == "allowlist" and p.allowed_hosts
+               for p in (env.network, task.agent_network, task.verifier_network)):
+            await ensure_proxy_image(self, log)  # during setup, where its build is shown
         if env.docker_image == BASE_IMAGE:
             await self.ensure_base_image(log)  # our own, built here: never pulled
             return BASE_IMAGE
@@ -295,8 +302,7 @@ class DockerSandboxes(SandboxProvider):
             command=KEEPER,
             volumes={str(await trio.to_thread.run_sync(helper_dir)): {
                 "bind": HELPER_DIR, "mode": "ro"}},
-            labels={LABEL: self.instance, LABEL_PID: str(os.getpid()), LABEL_RUN: run_id,
-                    LABEL_TASK: task.id},
+            labels=self.labels(run_id, task.id),
             working_dir=workdir,
             environment=env.env,
             nano_cpus=int(env.cpus * 1e9),
@@ -307,32 +313,50 @@ class DockerSandboxes(SandboxProvider):
             privileged=False,
             detach=True,
         )
-        if env.network == "none":
-            kwargs["network_mode"] = "none"
+        # Created on the default bridge (a container made with network_mode "none" can never
+        # join a network), then put under the baseline policy before it starts.
         if mounts:  # bind mounts: the host's file itself, no copy per container
             kwargs["mounts"] = [docker.types.Mount(m.target, str(m.source), type="bind",
                                                    read_only=True) for m in mounts]
         container = await self.call("cannot create the container",
                                     self.client.containers.create, image, **kwargs)
-        sandbox = DockerSandbox(self, container.id, image, workdir)
+        sandbox = DockerSandbox(self, container.id, image, workdir, labels=kwargs["labels"])
         try:
+            try:
+                await sandbox.set_network(env.network)
+            except SandboxError as exc:
+                raise SandboxError(f"{env.network.key} = {env.network.mode!r} cannot be "
+                                   f"enforced: {exc}", retryable=exc.retryable) from exc
             await self.call("cannot start the container", container.start)
-        except SandboxError:
+        except BaseException:
+            # Failed, or cancelled (a stop) before the caller holds the sandbox: nobody else
+            # would remove the container, its proxy or its network.
             with trio.CancelScope(shield=True):
                 await sandbox.remove()
             raise
         return sandbox
 
+    def labels(self, run_id: str, task_id: str) -> dict[str, str]:
+        """What every Docker object of a task carries (container, proxy, network)."""
+        return {LABEL: self.instance, LABEL_PID: str(os.getpid()), LABEL_RUN: run_id,
+                LABEL_TASK: task_id}
+
     async def remove_orphans(self) -> list[str]:
+        def orphan(labels: dict[str, str]) -> bool:
+            owner = labels.get(LABEL_PID, "")
+            return not (owner.isdigit() and int(owner) != os.getpid() and alive(int(owner)))
+
         def remove() -> list[str]:
             runs = []
             mine = {"label": f"{LABEL}={self.instance}"}
             for c in self.client.containers.list(all=True, filters=mine):
-                owner = c.labels.get(LABEL_PID, "")
-                if owner.isdigit() and int(owner) != os.getpid() and alive(int(owner)):
+                if not orphan(c.labels):
                     continue
                 c.remove(force=True, v=True)
-                runs.append(c.labels.get(LABEL_RUN, ""))
+                if c.labels.get(LABEL_ROLE) is None:  # a proxy belongs to a task counted
+                    runs.append(c.labels.get(LABEL_RUN, ""))
+            # Their internal networks last: a network is removed once nothing is on it.
+            remove_orphan_networks(self.client, self.instance, LABEL, orphan)
             return runs
 
         return await self.call("cannot remove orphaned containers", remove)

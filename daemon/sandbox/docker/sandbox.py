@@ -21,9 +21,11 @@ from daemon.sandbox.base import (
     SandboxError,
     Stats,
 )
+from daemon.sandbox.docker.egress import Egress, attach, ensure_proxy_image
 from daemon.sandbox.docker.errors import DOCKER_FAILURES, failure
 from daemon.sandbox.docker.helper import KILL_ALL
 from daemon.sandbox.docker.streams import ChunkReader, LineSplitter, pump, shut_down, tar_of
+from daemon.tasks.model import NetworkPolicy
 
 if TYPE_CHECKING:
     from daemon.sandbox.docker.provider import DockerSandboxes
@@ -39,11 +41,26 @@ COPY_TIMEOUT_SEC = 600  # copying a directory out, up to COPY_LIMIT bytes
 
 class DockerSandbox(Sandbox):
     def __init__(self, provider: DockerSandboxes, container_id: str, image: str,
-                 workdir: str) -> None:
+                 workdir: str, *, labels: dict[str, str] | None = None) -> None:
         self.provider = provider
         self.id = container_id
         self.image = image
         self.workdir = workdir
+        # The allowlist's proxy and network, labelled as the container is; made on demand.
+        self.egress = Egress(provider, container_id, labels or {})
+
+    async def set_network(self, policy: NetworkPolicy) -> None:
+        env: dict[str, str] = {}
+        wanted: set[str] = set()  # no-network, or an allowlist of no host: only loopback
+        if policy.mode == "public":
+            wanted = {"bridge"}
+        elif policy.mode == "allowlist" and policy.allowed_hosts:
+            await ensure_proxy_image(self.provider, log.info)
+            env = await self.egress.open(policy.allowed_hosts)
+            wanted = {self.egress.network}
+        await self.provider.call(f"cannot switch the container to {policy.describe()}",
+                                 attach, self.provider.client.api, self.id, wanted)
+        self.network_env = env
 
     async def _run(self, cmd: list[str], *, on_line: LineHandler, user: str | None,
                    workdir: str | None, environment: dict[str, str] | None,
@@ -184,6 +201,7 @@ class DockerSandbox(Sandbox):
             self.provider.unremoved.add(self.id)  # tried again when the engine answers
             raise
         self.provider.unremoved.discard(self.id)
+        await self.egress.close()  # after the container, which was on its network
 
 
 def parse_stats(sample: dict[str, Any]) -> Stats | None:
