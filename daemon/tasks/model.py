@@ -38,6 +38,9 @@ class Environment:
     env: dict[str, str] = attrs.field(factory=dict)
     # Harbor's `allowed_hosts` (network_mode = "allowlist"); kept for reports, not enforced.
     allowed_hosts: tuple[str, ...] = ()
+    # environment/docker-compose.yaml (or .yml): the task runs as a Compose project whose
+    # `main` service is its container, built or pulled as above; the others are sidecars.
+    compose_file: Path | None = None
 
 
 @attrs.frozen
