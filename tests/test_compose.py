@@ -20,7 +20,7 @@ from daemon.sandbox.docker.compose import PROJECT_LABEL, SERVICE_LABEL, project_
 from daemon.sandbox.docker.helper import HELPER_DIR
 from daemon.tasks.loader import load
 from daemon.tasks.model import LoadError
-from protocol.events import ContainerStart, TBTaskProgress
+from protocol.events import ContainerStart, TBTaskOutput, TBTaskProgress
 from tests.conftest import ROOT, Rig, make_task
 
 LIMIT = 240  # seconds any one compose test may take (a sidecar build, up, down)
@@ -204,6 +204,41 @@ async def test_remove_orphans_takes_down_the_project_of_a_killed_owner(rig: Rig,
         assert leftovers(rig.client, "killed-run", "orphaned-sidecar")
         assert await rig.engine.sandboxes.remove_orphans() == ["killed-run"]
     assert leftovers(rig.client, "killed-run", "orphaned-sidecar") == []
+
+
+async def test_a_task_without_network_keeps_its_sidecars_on_an_internal_network(
+        rig: Rig, tmp_path: Path):
+    task = compose_task(tmp_path, "offline-sidecar", solve='[ "$(ask "SET answer 42")" = OK ] '
+                        '&& echo SIDECAR-ANSWERED && sleep 300\n')
+    toml = task / "task.toml"
+    toml.write_text(toml.read_text() + "allow_internet = false\n")
+    suite = load(task)
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rig.engine.run, suite, list(suite.tasks), RunConfig())
+            # The sidecar is reached by name over the project's (internal) network.
+            await rig.wait_for(lambda e: isinstance(e, TBTaskOutput)
+                               and "SIDECAR-ANSWERED" in e.text)
+            start = rig.of_type(ContainerStart)[0]
+            main = rig.client.containers.get(start.container_id)
+            networks = [rig.client.networks.get(n) for n in
+                        main.attrs["NetworkSettings"]["Networks"]]
+            assert [n.attrs["Internal"] for n in networks] == [True]
+            nursery.cancel_scope.cancel()  # the run cancelled from outside: torn down too
+    assert leftovers(rig.client, start.run_id, "offline-sidecar") == []
+
+
+async def test_a_bind_mount_from_outside_the_environment_is_refused(rig: Rig,
+                                                                   tmp_path: Path):
+    task = compose_task(tmp_path, "host-bind")
+    compose = task / "environment" / "docker-compose.yaml"
+    compose.write_text(compose.read_text().replace(
+        "volumes: [kvdata:/data]", "volumes: [kvdata:/data, /etc:/host-etc:ro]"))
+    report = await run(rig, task)
+    result = report.tasks[0]
+    assert result.outcome == "error"
+    assert "services.db.volumes: the bind mount of /etc is outside" in (result.error or "")
+    assert leftovers(rig.client, report.run_id, "host-bind") == []
 
 
 # -- loading ---------------------------------------------------------------------------------

@@ -233,6 +233,22 @@ def override(task: TaskSpec, config: dict[str, Any], *, image: str, workdir: str
         {"services": services}
 
 
+def check_binds(config: dict[str, Any], compose_file: Path | None) -> None:
+    """Refuse a bind mount from outside the task's environment/ directory (`/:/host` would
+    hand the host to the task). Checked on Compose's reading of the file, after
+    interpolation, where every bind's source is an absolute path."""
+    if compose_file is None:
+        return
+    root = compose_file.parent.resolve()
+    for name, service in config["services"].items():
+        for volume in service.get("volumes") or ():
+            source = Path(volume.get("source") or "/")
+            if volume.get("type") == "bind" and not source.resolve().is_relative_to(root):
+                raise SandboxError(f"{compose_file}: services.{name}.volumes: the bind "
+                                   f"mount of {source} is outside {root}; only the task's "
+                                   "environment/ directory may be mounted")
+
+
 async def create_compose_sandbox(provider: DockerSandboxes, task: TaskSpec, image: str, *,
                                  run_id: str, workdir: str, labels: dict[str, str],
                                  mounts: Sequence[Mount], pids_limit: int,
@@ -243,6 +259,7 @@ async def create_compose_sandbox(provider: DockerSandboxes, task: TaskSpec, imag
     project = ComposeProject(provider, project_name(run_id, task.id),
                              {**env.env, **harbor_variables(task, image)}, env.compose_file)
     config = await project.config()
+    check_binds(config, env.compose_file)
     helper = await trio.to_thread.run_sync(helper_dir)
     spec = override(task, config, image=image, workdir=workdir, labels=labels,
                     helper=helper, mounts=mounts, pids_limit=pids_limit)
