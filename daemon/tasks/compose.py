@@ -14,8 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from daemon.tasks.model import LoadError
 
 COMPOSE_NAMES = ("docker-compose.yaml", "docker-compose.yml")  # Harbor reads these names
@@ -34,6 +32,10 @@ def find_compose_file(env_dir: Path) -> Path | None:
 def check_compose_file(path: Path, shown: str) -> None:
     """A LoadError naming `shown` and the field unless `path` holds a compose file tbhud can
     run: a mapping whose `services` mapping holds `main`, each service a mapping."""
+    # Imported here: the loader also runs in a client-only install (`tbhud run` with no
+    # engine says what is missing), which has no YAML library and needs none without compose.
+    import yaml
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
