@@ -34,6 +34,7 @@ from typing import Any, Literal
 import attrs
 import cattrs
 
+from daemon.tasks.compose import check_compose_file, find_compose_file
 from daemon.tasks.model import (
     BASE_IMAGE,
     DEFAULT_AGENT_TIMEOUT_SEC,
@@ -400,9 +401,11 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
 
     env_dir = task_dir / "environment"
     build_context = None
+    compose_file = None
     if env_dir.exists():
         _confine(root, env_dir, f"{shown}/environment")
         _check_tree(root, env_dir, f"{shown}/environment")
+        compose_file = _compose_file(root, env_dir, f"{shown}/environment")
     if env_cfg.docker_image is None:  # Harbor: a docker_image makes any Dockerfile unused
         _require_file(root, env_dir / "Dockerfile", f"{shown}/environment/Dockerfile",
                       "needed because [environment].docker_image is not set")
@@ -432,6 +435,7 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
             network=network,
             workdir=env_cfg.workdir,
             env=_resolve_env(env_cfg.env),
+            compose_file=compose_file,
         ),
         agent_timeout_sec=config.agent.timeout_sec or DEFAULT_AGENT_TIMEOUT_SEC,
         agent_user=_user(config.agent.user),
@@ -531,6 +535,17 @@ def _artifacts(entries: list[_ArtifactEntry], file: str, field: str) -> tuple[Ar
             destination = _relative_path(destination, file, f"{at}.destination")
         found.append(Artifact(source=path, destination=destination))
     return tuple(found)
+
+
+def _compose_file(root: Path, env_dir: Path, shown_dir: str) -> Path | None:
+    """The task's docker-compose file, checked (daemon/tasks/compose.py), or None."""
+    found = find_compose_file(env_dir)
+    if found is None:
+        return None
+    shown = f"{shown_dir}/{found.name}"
+    _require_file(root, found, shown)
+    check_compose_file(found, shown)
+    return found.resolve()
 
 
 def _load_dataset(dataset: Path, shown: str) -> Suite:

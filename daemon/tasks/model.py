@@ -59,6 +59,9 @@ class Environment:
     workdir: str | None = None
     # Environment variables for the container, ${VAR} templates already resolved.
     env: dict[str, str] = attrs.field(factory=dict)
+    # environment/docker-compose.yaml (or .yml): the task runs as a Compose project whose
+    # `main` service is its container, built or pulled as above; the others are sidecars.
+    compose_file: Path | None = None
 
 
 # How a multi-step task's reward comes from its steps' (Harbor's multi_step_reward_strategy):

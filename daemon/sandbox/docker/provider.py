@@ -24,7 +24,6 @@ import docker
 import docker.errors
 import trio
 
-from daemon.procs import alive
 from daemon.sandbox.base import (
     BuildTimeout,
     EngineLost,
@@ -33,6 +32,13 @@ from daemon.sandbox.base import (
     Progress,
     SandboxError,
     SandboxProvider,
+)
+from daemon.sandbox.docker.compose import (
+    ComposeProject,
+    ComposeSandbox,
+    create_compose_sandbox,
+    orphaned,
+    remove_orphan_projects,
 )
 from daemon.sandbox.docker.egress import LABEL_ROLE, ensure_proxy_image, remove_orphan_networks
 from daemon.sandbox.docker.errors import DOCKER_FAILURES, failure
@@ -110,6 +116,7 @@ class DockerSandboxes(SandboxProvider):
         self.refreshed: dict[str, str] = {}
         # Containers whose removal failed (the engine was lost): removed once it answers.
         self.unremoved: set[str] = set()
+        self.unremoved_projects: set[str] = set()  # the same for compose projects
 
     @classmethod
     async def open(cls, home: Path) -> DockerSandboxes:
@@ -138,6 +145,8 @@ class DockerSandboxes(SandboxProvider):
         await self.call("the Docker engine does not answer", self.client.ping, limit=10)
         for container_id in sorted(self.unremoved):
             await DockerSandbox(self, container_id, "", "").remove()
+        for project in sorted(self.unremoved_projects):
+            await ComposeSandbox(ComposeProject(self, project), "", "", "").remove()
 
     # -- images ----------------------------------------------------------------------------
 
@@ -298,11 +307,16 @@ class DockerSandboxes(SandboxProvider):
                      mounts: Sequence[Mount] = ()) -> DockerSandbox:
         env = task.environment
         workdir = env.workdir or await self.image_workdir(image) or DEFAULT_WORKDIR
+        labels = self.labels(run_id, task.id)
+        if env.compose_file is not None:
+            return await create_compose_sandbox(self, task, image, run_id=run_id,
+                                                workdir=workdir, labels=labels,
+                                                mounts=mounts, pids_limit=PIDS_LIMIT)
         kwargs: dict[str, Any] = dict(
             command=KEEPER,
             volumes={str(await trio.to_thread.run_sync(helper_dir)): {
                 "bind": HELPER_DIR, "mode": "ro"}},
-            labels=self.labels(run_id, task.id),
+            labels=labels,
             working_dir=workdir,
             environment=env.env,
             nano_cpus=int(env.cpus * 1e9),
@@ -343,8 +357,7 @@ class DockerSandboxes(SandboxProvider):
 
     async def remove_orphans(self) -> list[str]:
         def orphan(labels: dict[str, str]) -> bool:
-            owner = labels.get(LABEL_PID, "")
-            return not (owner.isdigit() and int(owner) != os.getpid() and alive(int(owner)))
+            return orphaned(labels.get(LABEL_PID, ""))
 
         def remove() -> list[str]:
             runs = []
@@ -359,7 +372,9 @@ class DockerSandboxes(SandboxProvider):
             remove_orphan_networks(self.client, self.instance, LABEL, orphan)
             return runs
 
-        return await self.call("cannot remove orphaned containers", remove)
+        # Compose projects first, whole (their networks and volumes too); then the rest.
+        runs = await remove_orphan_projects(self, LABEL, LABEL_PID, LABEL_RUN)
+        return runs + await self.call("cannot remove orphaned containers", remove)
 
 
 class PullProgress:
