@@ -104,7 +104,8 @@ def _owner_alive(run_dir: Path) -> bool:
 
 # Columns added to task_results after its first schema, one ALTER each for stores made
 # before them: the agent's program version (claude-code: the CLI's).
-AGENT_COLUMNS = {"agent_version": "TEXT", "rewards": "TEXT"}  # rewards: a JSON object
+# rewards: a JSON object; warnings: a JSON array
+AGENT_COLUMNS = {"agent_version": "TEXT", "rewards": "TEXT", "warnings": "TEXT"}
 
 
 def now_iso() -> str:
@@ -170,10 +171,11 @@ class Store:
              result.error, result.attempt, result.tries, int(result.retryable)),
         )
         self.db.execute(
-            "UPDATE task_results SET agent_version = ?, rewards = ? WHERE run_id = ?"
-            " AND task_id = ? AND attempt = ? AND try = ?",
+            "UPDATE task_results SET agent_version = ?, rewards = ?, warnings = ?"
+            " WHERE run_id = ? AND task_id = ? AND attempt = ? AND try = ?",
             (result.agent_version, json.dumps(result.rewards) if result.rewards else None,
-             run_id, result.task_id, result.attempt, result.tries))
+             json.dumps(result.warnings) if result.warnings else None, run_id,
+             result.task_id, result.attempt, result.tries))
 
     def finish_run(self, run_id: str, *, status: str, total_duration_ms: int) -> RunReport:
         """Mark the run ended, write report.json, and return the report. The duration adds
@@ -267,9 +269,10 @@ class Store:
         final: dict[tuple[str, int], TaskResult] = {}
         retried: list[TaskResult] = []
         for row in rows:
-            *fields, retryable, agent_version, rewards = row
+            *fields, retryable, agent_version, rewards, warnings = row
             result = TaskResult(*fields, retryable=bool(retryable), agent_version=agent_version,
-                                rewards=json.loads(rewards) if rewards else None)
+                                rewards=json.loads(rewards) if rewards else None,
+                                warnings=json.loads(warnings) if warnings else None)
             earlier = final.get((result.task_id, result.attempt))
             if earlier is not None:
                 retried.append(earlier)

@@ -37,6 +37,8 @@ class TaskResult:
     # reward.json's numeric keys, kept whole (Harbor's multi-key rewards); `reward` is its
     # `reward` key.
     rewards: dict[str, float] | None = None
+    # The task's task.toml keys tbhud does not act on, one line each (null: none).
+    warnings: list[str] | None = None
 
 
 @attrs.frozen
