@@ -10,6 +10,7 @@ import trio
 
 from client.render import report_text
 from daemon.engine.run import RunConfig
+from daemon.serving.process import Daemon
 from daemon.tasks.loader import load
 from daemon.tasks.model import LoadError
 from protocol.events import ContainerStart, TBTaskOutput, TBTaskProgress
@@ -275,3 +276,29 @@ def test_artifacts_and_compose_verifiers_are_checked(tmp_path: Path):
     assert (info.value.file, info.value.message) == (
         f"{compose}/tests/docker-compose.yaml",
         "a Docker Compose verifier environment is not supported by tbhud")
+
+
+async def test_start_with_task_ids_loads_only_them_in_the_daemon(daemon: Daemon, tmp_path: Path):
+    from tests.test_daemon import unix_peer
+
+    ds = tmp_path / "ds"
+    make_task(ds, "good", test="echo 1 > /logs/verifier/reward.txt\n")
+    (make_task(ds, "broken", test="true\n") / "task.toml").write_text("[environment\n")
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            peer = await unix_peer(nursery, daemon.status.socket)
+            await peer.result("subscribe")
+            await peer.result("startTBRun", {"suitePath": str(ds), "taskIds": ["good"],
+                                             "agent": "nop"})
+            done = await peer.wait_for(lambda f: f.get("type") == "tb_run_complete")
+            info = next(f for f in peer.events() if f.get("type") == "tb_suite_info")
+            assert [t["id"] for t in info["tasks"]] == ["good"]  # the broken one never shows
+            assert (done["passed"], done["error"]) == (1, 0)
+            # The whole dataset loaded and shown first: a selection keeps it shown whole.
+            await peer.result("loadTBSuite", {"path": str(ds)})
+            await peer.result("startTBRun", {"suitePath": str(ds), "taskIds": ["good"],
+                                             "agent": "nop"})
+            await peer.wait_for(lambda f: f.get("type") == "tb_run_complete" and f is not done)
+            state = await peer.result("getState")
+            assert [t["id"] for t in state["suite"]["tasks"]] == ["broken", "good"]
+            nursery.cancel_scope.cancel()
