@@ -82,22 +82,40 @@ async def test_a_failed_healthcheck_is_an_error_with_its_output_and_no_agent(rig
     assert [line for line in tries if "(1/2)" in line]  # the last, 2/2, ends it unlogged
 
 
-async def test_a_healthcheck_try_past_its_timeout_fails_and_spares_other_processes(
-        rig: Rig, tmp_path: Path):
-    # The try is killed at its timeout, not the whole container: a service the image runs
-    # (here a sleeper started by the ENTRYPOINT) lives on.
+async def test_a_healthcheck_try_past_its_timeout_fails(rig: Rig, tmp_path: Path):
+    task = make_task(tmp_path, "slow-check", test="echo 1 > /logs/verifier/reward.txt\n",
+                     toml=BASE + "[environment.healthcheck]\ncommand = 'sleep 30'\n"
+                     "timeout_sec = 0.5\nretries = 1\n")
+    report = await run(rig, task, agent="command", agent_options={"command": "echo ran"})
+    assert (report.tasks[0].outcome, report.tasks[0].error) == (
+        "error", "healthcheck failed: (timed out after 0.5s)")
+    assert lines(rig, "agent") == []
+
+
+# Each process's command line, one a line (no procps needed in the image).
+PROCESSES = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done 2>/dev/null"
+
+
+async def test_a_timed_out_try_is_killed_alone_and_the_service_lives_on(rig: Rig,
+                                                                       tmp_path: Path):
+    # The first try hangs past its timeout, the second passes. Only the hung try was
+    # killed: the service the image's ENTRYPOINT started is still up for the agent.
     dockerfile = """\
         FROM tbhud/base:bookworm
         RUN printf '#!/bin/sh\\nsleep 1000 &\\nexec "$@"\\n' > /entry.sh && chmod +x /entry.sh
         ENTRYPOINT ["/entry.sh"]
         """
-    task = make_task(tmp_path, "slow-check", dockerfile=dockerfile,
+    check = "[ -e /tmp/once ] && exit 0; touch /tmp/once; sleep 31"
+    task = make_task(tmp_path, "hung-try", dockerfile=dockerfile,
                      test="echo 1 > /logs/verifier/reward.txt\n",
-                     toml="[environment.healthcheck]\ncommand = 'sleep 30'\ntimeout_sec = 0.5\n"
-                     "retries = 1\n")
-    report = await run(rig, task, agent="command", agent_options={"command": "echo ran"})
-    assert (report.tasks[0].outcome, report.tasks[0].error) == (
-        "error", "healthcheck failed: (timed out after 0.5s)")
+                     toml=f"[environment.healthcheck]\ncommand = '{check}'\ntimeout_sec = 0.5\n"
+                     "interval_sec = 0.1\nretries = 2\n")
+    agent = (f"{PROCESSES} | grep -q '^sleep 1000' && echo service-alive; "
+             f"{PROCESSES} | grep -q '^sleep 31' || echo hung-try-gone")
+    report = await run(rig, task, agent="command", agent_options={"command": agent})
+    assert report.tasks[0].outcome == "success", report.tasks[0].error
+    assert lines(rig, "agent") == ["service-alive", "hung-try-gone"]
+    assert "healthcheck: try 1 failed (1/2): (timed out after 0.5s)" in lines(rig, "system")
 
 
 # -- a separate verifier environment ---------------------------------------------------------

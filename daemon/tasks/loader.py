@@ -434,7 +434,8 @@ def _separate_verifier(section: _VerifierSection, data: dict[str, Any], agent_en
     docker_image (which holds /tests too), or a fresh copy of the agent's environment (tests/
     uploaded). It sees /logs/artifacts and the task's `artifacts`, copied from the agent's."""
     file = f"{shown}/task.toml"
-    mode = section.environment_mode or ("separate" if section.environment else "shared")
+    mode = section.environment_mode or (
+        "separate" if section.environment is not None else "shared")
     if mode == "shared":
         if section.environment is not None:
             raise LoadError(file, "verifier.environment",
