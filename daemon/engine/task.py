@@ -16,6 +16,7 @@ from daemon.agents.base import INSTRUCTION_DIR, AgentContext, AgentError, AgentR
 from daemon.agents.claude_stream import redact
 from daemon.engine.health import wait_healthy
 from daemon.engine.logs import CappedLog, Tail
+from daemon.engine.separate import open_verifier
 from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward, read_rewards
 from daemon.sandbox import Sandbox, SandboxError, Stats
 from daemon.tasks.model import TaskSpec
@@ -212,8 +213,6 @@ class TaskRun:
         agent_result, agent_overran = await self._agent_phase(sandbox, mult)
         separate = self.task.verifier_environment
         if separate is not None:
-            from daemon.engine.separate import open_verifier
-
             self.progress("verification")
             verifier = await open_verifier(self, sandbox, separate)
             return await self._verification(verifier, mult, agent_result, agent_overran,
