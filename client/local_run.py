@@ -67,7 +67,8 @@ def _run(args: argparse.Namespace) -> RunReport:
     from daemon.store import Store
     from daemon.tasks.loader import load
 
-    suite = load(args.path, default_image=args.image)
+    # Only the tasks selected are loaded: an unrelated broken one never gets in the way.
+    suite = load(args.path, default_image=args.image, task_ids=task_ids(args))
     tasks = suite.select(task_ids(args))
     config = config_from_args(args, container_stats=False)
     home = data_dir()

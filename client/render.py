@@ -72,7 +72,17 @@ def report_text(report: RunReport) -> str:
         foot += f"{len(report.retried)} tr{'y' if len(report.retried) == 1 else 'ies'} " \
                 "replaced by a retry (see --json `retried`)\n"
     foot += f"run {report.run_id}  report {report.filepath or '-'}"
-    return body + "\n\n" + foot
+    return body + "\n\n" + _warnings_text(report) + foot
+
+
+def _warnings_text(report: RunReport) -> str:
+    """The task.toml keys each task warned about (once per task, not per trial)."""
+    seen: dict[str, list[str]] = {}
+    for t in report.tasks:
+        if t.warnings and t.task_id not in seen:
+            seen[t.task_id] = t.warnings
+    lines = [f"{tid}: {warning}" for tid, warnings in seen.items() for warning in warnings]
+    return "warnings:\n" + "".join(f"  {line}\n" for line in lines) + "\n" if lines else ""
 
 
 def _steps_and_artifacts(report: RunReport) -> str:

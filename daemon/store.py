@@ -104,7 +104,8 @@ def _owner_alive(run_dir: Path) -> bool:
 
 # Columns added to task_results after its first schema, one ALTER each for stores made
 # before them: the agent's program version (claude-code: the CLI's).
-AGENT_COLUMNS = {"agent_version": "TEXT", "rewards": "TEXT"}  # rewards: a JSON object
+# rewards: a JSON object; warnings: a JSON array
+AGENT_COLUMNS = {"agent_version": "TEXT", "rewards": "TEXT", "warnings": "TEXT"}
 # A multi-step task's steps (a JSON array of step results) and the artifacts copied out (a
 # JSON array of paths), added the same way.
 STEP_COLUMNS = {"steps": "TEXT", "artifacts": "TEXT"}
@@ -174,9 +175,10 @@ class Store:
              result.error, result.attempt, result.tries, int(result.retryable)),
         )
         self.db.execute(
-            "UPDATE task_results SET agent_version = ?, rewards = ? WHERE run_id = ?"
-            " AND task_id = ? AND attempt = ? AND try = ?",
+            "UPDATE task_results SET agent_version = ?, rewards = ?, warnings = ?"
+            " WHERE run_id = ? AND task_id = ? AND attempt = ? AND try = ?",
             (result.agent_version, json.dumps(result.rewards) if result.rewards else None,
+             json.dumps(result.warnings) if result.warnings else None,
              run_id, result.task_id, result.attempt, result.tries))
         self.db.execute(
             "UPDATE task_results SET steps = ?, artifacts = ? WHERE run_id = ?"
@@ -277,9 +279,10 @@ class Store:
         final: dict[tuple[str, int], TaskResult] = {}
         retried: list[TaskResult] = []
         for row in rows:
-            *fields, retryable, agent_version, rewards, steps, artifacts = row
+            *fields, retryable, agent_version, rewards, warnings, steps, artifacts = row
             result = TaskResult(*fields, retryable=bool(retryable), agent_version=agent_version,
                                 rewards=json.loads(rewards) if rewards else None,
+                                warnings=json.loads(warnings) if warnings else None,
                                 steps=None if steps is None else
                                 converter.structure(json.loads(steps), list[StepResult]),
                                 artifacts=json.loads(artifacts) if artifacts else None)

@@ -41,6 +41,8 @@ class TaskResult:
     steps: list[StepResult] | None = None
     # The artifacts copied out, as paths relative to the trial's directory (null: none).
     artifacts: list[str] | None = None
+    # The task's task.toml keys tbhud does not act on, one line each (null: none).
+    warnings: list[str] | None = None
 
 
 @attrs.frozen

@@ -14,7 +14,9 @@ import trio
 
 from daemon.agents.base import INSTRUCTION_DIR, AgentContext, AgentError, AgentResult, host_env
 from daemon.agents.claude_stream import redact
+from daemon.engine.health import wait_healthy
 from daemon.engine.logs import CappedLog, Tail
+from daemon.engine.separate import open_verifier
 from daemon.engine.steps import collect_artifacts, run_steps
 from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward, read_rewards
 from daemon.sandbox import Sandbox, SandboxError, Stats
@@ -108,6 +110,7 @@ class TaskRun:
         self.out: Path = self.dir
         self.step: tuple[int, int, str] | None = None
         self.network = task.environment.network  # the sandbox's policy now (the baseline)
+        self.verifier_sandbox: Sandbox | None = None  # a separate verifier environment's
         self.verifier_tail = Tail(VERIFICATION_TAIL)
         self.reported_percent = -100.0
         self.logs: dict[str, CappedLog] = {}
@@ -132,7 +135,7 @@ class TaskRun:
                                  max_turns=max_turns, tokens=tokens, cost_usd=cost_usd,
                                  step=step, steps_total=steps_total, step_name=step_name))
 
-    def _setup_progress(self, percent: float) -> None:
+    def setup_progress(self, percent: float) -> None:
         # A pull reports every chunk; clients hear of whole steps of PROGRESS_STEP only.
         if percent - self.reported_percent >= PROGRESS_STEP or percent >= 100.0:
             if percent != self.reported_percent:
@@ -168,6 +171,8 @@ class TaskRun:
                               tries=self.tries))
         if self.config.attempts > 1 or self.tries > 1:
             self.system(f"attempt {self.attempt}/{self.config.attempts}, try {self.tries}")
+        for warning in task.warnings:
+            self.system(warning)
         self.progress("setup")
         result: TaskResult | None = None
         try:
@@ -200,7 +205,7 @@ class TaskRun:
             return self._result("error", error=task.load_error)
         image = await self.sandboxes.prepare_image(
             task, self.system, run_id=self.run_id, timeout_multiplier=mult,
-            pull=self.config.pull, progress=self._setup_progress)
+            pull=self.config.pull, progress=self.setup_progress)
         sandbox = self.sandbox = await self.sandboxes.create(task, image, run_id=self.run_id,
                                                              mounts=self.agent.mounts())
         env = task.environment
@@ -214,15 +219,35 @@ class TaskRun:
         return result
 
     async def _in_sandbox(self, sandbox: Sandbox, mult: float) -> TaskResult:
-        failed_setup = await self._setup(sandbox)
+        failed_setup = await self._healthy(sandbox) or await self._setup(sandbox)
         if failed_setup is not None:
             return failed_setup
         if self.task.steps:
             return await run_steps(self, sandbox, mult)
         agent_result, agent_overran = await self._agent_phase(sandbox, mult)
-        result = await self._verification(sandbox, mult, agent_result, agent_overran)
+        separate = self.task.verifier_environment
+        verifier, upload_tests = sandbox, True
+        if separate is not None:
+            self.progress("verification")
+            verifier = await open_verifier(self, sandbox, separate)
+            # The phase's policy is now the verifier sandbox's to switch, from its baseline.
+            self.network = separate.environment.network
+            upload_tests = separate.upload_tests
+        result = await self._verification(verifier, mult, agent_result, agent_overran,
+                                          upload_tests=upload_tests)
         copied = await collect_artifacts(self, sandbox, self.task.artifacts, "artifacts")
         return attrs.evolve(result, artifacts=copied or None)
+
+    async def _healthy(self, sandbox: Sandbox) -> TaskResult | None:
+        """The environment's healthcheck, passed before the agent starts; an error result
+        with its last output if it fails."""
+        healthcheck = self.task.environment.healthcheck
+        if healthcheck is None:
+            return None
+        self.emit(TBTaskProgress(run_id=self.run_id, task_id=self.task.id, phase="setup",
+                                 elapsed_ms=self.elapsed_ms(), detail="healthcheck"))
+        failed = await wait_healthy(sandbox, healthcheck, self.system)
+        return None if failed is None else self._result("error", error=failed)
 
     async def _setup(self, sandbox: Sandbox) -> TaskResult | None:
         """The instruction, a suite task's files and commands; an error result if one fails."""
@@ -264,17 +289,21 @@ class TaskRun:
         return ctx.partial_result or result, f"agent timed out after {limit:g}s"
 
     async def _verification(self, sandbox: Sandbox, mult: float, agent_result: AgentResult,
-                            agent_overran: str | None) -> TaskResult:
+                            agent_overran: str | None, *,
+                            upload_tests: bool = True) -> TaskResult:
         """Run /tests/test.sh and judge: reward, CTRF counts, outcome. Runs after an agent
-        timeout too (the outcome stays timeout, the reward is kept)."""
+        timeout too (the outcome stays timeout, the reward is kept). Without `upload_tests`
+        the sandbox's image holds /tests itself (a separate verifier's own image)."""
         task = self.spec
         self.progress("verification")
         await self.enter_network(sandbox, task.verifier_network)
         # The agent could have planted /tests or a reward file: start both from nothing.
         # Shells by absolute path: the agent (root) may have put others first on PATH.
-        await sandbox.exec(["/bin/sh", "-c", f"rm -rf /tests {VERIFIER_LOGS} && "
+        tests = "/tests " if upload_tests else ""
+        await sandbox.exec(["/bin/sh", "-c", f"rm -rf {tests}{VERIFIER_LOGS} && "
                             f"mkdir -p {VERIFIER_LOGS}"], user="0", on_line=self._system_line)
-        await sandbox.put_files(task.test_files, "/tests")
+        if upload_tests:
+            await sandbox.put_files(task.test_files, "/tests")
         limit = task.verifier_timeout_sec * mult
         verified = await sandbox.exec(
             ["/bin/bash", "/tests/test.sh"], user=task.verifier_user,
@@ -345,14 +374,18 @@ class TaskRun:
                           tests_total=tests_total, reward=reward, turns=agent.turns,
                           tokens=agent.tokens, cost_usd=agent.cost_usd, error=error,
                           attempt=self.attempt, tries=self.tries, retryable=retryable,
-                          agent_version=agent.version, rewards=rewards)
+                          agent_version=agent.version, rewards=rewards,
+                          warnings=list(self.task.warnings) or None)
 
     async def _teardown(self, *, kill_first: bool) -> None:
-        """Remove the sandbox (killing what runs in it first when asked). Runs shielded,
+        """Remove the sandboxes: the task's, and a separate verifier's."""
+        for sandbox in (self.sandbox, self.verifier_sandbox):
+            if sandbox is not None:
+                await self._remove(sandbox, kill_first=kill_first)
+
+    async def _remove(self, sandbox: Sandbox, *, kill_first: bool) -> None:
+        """Remove a sandbox (killing what runs in it first when asked). Runs shielded,
         bounded in time; a failure is logged and shown, and the result is still recorded."""
-        sandbox = self.sandbox
-        if sandbox is None:
-            return
         with trio.move_on_after(TEARDOWN_GRACE_SEC) as clock:
             if kill_first:
                 try:

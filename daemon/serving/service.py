@@ -222,15 +222,15 @@ class Service:
 
     # -- suites and runs -------------------------------------------------------------------
 
-    async def load_suite(self, path: str, image: str | None = None) -> Suite:
-        """Load (in a thread: it reads every task's files) and make it the current suite."""
-        try:
-            suite = await trio.to_thread.run_sync(
-                functools.partial(load, path, default_image=image))
-        except LoadError as exc:
-            raise RpcError(LOAD_FAILED, str(exc)) from exc
-        except OSError as exc:  # e.g. a path too long or unreadable
-            raise RpcError(LOAD_FAILED, f"{path}: {exc.strerror or exc}") from exc
+    async def load_suite(self, path: str, image: str | None = None,
+                         task_ids: list[str] | None = None) -> Suite:
+        """Load and make it the current suite. With `task_ids`, only those tasks are loaded;
+        when the suite shown is this one, it stays shown whole (a HUD's list keeps the
+        tasks that were not selected)."""
+        suite = await _load(path, image, task_ids)
+        shown = self.suite
+        if task_ids and shown is not None and shown.path == suite.path:
+            return suite
         self.on_event(suite_info(suite))
         (self.store.home / LAST_SUITE).write_text(json.dumps({"path": path, "image": image}))
         return suite
@@ -243,7 +243,7 @@ class Service:
                                " wait for it to end, or queue this one (queue: true)",
                                {"runId": self.current})
             self._config(p)  # bad options are refused now, not when its turn comes
-            await self._check_suite(p.suite_path, p.image)
+            await self._check_suite(p.suite_path, p.image, p.task_ids)
             return self._enqueue("start", converter.unstructure(p), suite_path=p.suite_path,
                                  agent=p.agent or "oracle")
         async with self._reserve(run_id) as run_id:
@@ -255,7 +255,7 @@ class Service:
                     output_dir.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise RpcError(RUN_FAILED, f"outputDir: cannot create it: {exc}") from exc
-            suite = await self.load_suite(p.suite_path, p.image)
+            suite = await self.load_suite(p.suite_path, p.image, p.task_ids)
             tasks = _select(suite, p.task_ids)
             engine = await self._ready_engine()
             agent = await _prepare(config)
@@ -286,7 +286,7 @@ class Service:
             except (TypeError, ValueError) as exc:
                 raise RpcError(RUN_FAILED, f"run {run_id}: its stored settings do not "
                                f"load: {exc}") from exc
-            suite = await self.load_suite(report.suite_path, config.image)
+            suite = await self.load_suite(report.suite_path, config.image, report.task_ids)
             tasks = _select(suite, report.task_ids)
             engine = await self._ready_engine()
             agent = await _prepare(config)
@@ -323,14 +323,10 @@ class Service:
                          retries=DEFAULT_RETRIES if p.retries is None else p.retries,
                          retry_backoff_sec=self.retry_backoff_sec, image=p.image)
 
-    async def _check_suite(self, path: str, image: str | None) -> None:
+    async def _check_suite(self, path: str, image: str | None,
+                           task_ids: list[str] | None) -> None:
         """That the suite loads (a queued run is refused now rather than failing later)."""
-        try:
-            await trio.to_thread.run_sync(functools.partial(load, path, default_image=image))
-        except LoadError as exc:
-            raise RpcError(LOAD_FAILED, str(exc)) from exc
-        except OSError as exc:
-            raise RpcError(LOAD_FAILED, f"{path}: {exc.strerror or exc}") from exc
+        await _load(path, image, task_ids)
 
     async def _ready_engine(self) -> Engine:
         try:
@@ -459,6 +455,19 @@ async def _prepare(config: RunConfig) -> Agent:
         return await prepare_agent(config.agent, config.agent_options)
     except AgentError as exc:
         raise RpcError(RUN_FAILED, str(exc)) from exc
+
+
+async def _load(path: str, image: str | None, task_ids: list[str] | None) -> Suite:
+    """The suite (only `task_ids` of it, when given), loaded in a thread (it reads every
+    task's files); a LoadError is the RPC's LOAD_FAILED."""
+    try:
+        suite: Suite = await trio.to_thread.run_sync(
+            functools.partial(load, path, default_image=image, task_ids=task_ids))
+    except LoadError as exc:
+        raise RpcError(LOAD_FAILED, str(exc)) from exc
+    except OSError as exc:  # e.g. a path too long or unreadable
+        raise RpcError(LOAD_FAILED, f"{path}: {exc.strerror or exc}") from exc
+    return suite
 
 
 def _select(suite: Suite, task_ids: list[str] | None) -> list[TaskSpec]:

@@ -27,7 +27,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -42,14 +42,18 @@ from daemon.tasks.model import (
     DEFAULT_VERIFIER_TIMEOUT_SEC,
     Artifact,
     Environment,
+    Healthcheck,
     LoadError,
     NetworkMode,
     NetworkPolicy,
+    SeparateVerifier,
     StepSpec,
     Suite,
     TaskSpec,
+    check_known,
 )
 from daemon.tasks.network import baseline, phase_policy
+from daemon.tasks.unsupported import unsupported_keys
 from protocol.converter import BadValue, make_converter, problems
 from protocol.converter import show as _show
 
@@ -63,22 +67,25 @@ EXPECTED_INPUT = (
 )
 
 
-def load(path: str | Path, *, default_image: str | None = None) -> Suite:
-    """Load a task directory, a dataset or a suite file; see the module docstring."""
+def load(path: str | Path, *, default_image: str | None = None,
+         task_ids: list[str] | None = None) -> Suite:
+    """Load a task directory, a dataset or a suite file; see the module docstring. With
+    `task_ids`, only those tasks of a dataset or suite file are loaded (the others are not
+    read at all, so a broken one cannot get in the way); an unknown id is a LoadError."""
     given = Path(path)
     shown = str(path)  # messages use the path as the user typed it
     if given.is_file():
         if given.name == "task.toml":  # convenience: the task's own file means its directory
-            return load(given.parent, default_image=default_image)
+            return load(given.parent, default_image=default_image, task_ids=task_ids)
         if given.suffix.lower() != ".json":
             raise LoadError(shown, None, EXPECTED_INPUT)
-        return _load_suite_file(given, shown, default_image)
+        return _load_suite_file(given, shown, default_image, task_ids)
     if given.is_dir():
         if (given / "task.toml").exists():
             task = _load_task_dir(given, shown)
             return Suite(name=_dir_name(given), version=_toml_version(given, shown),
                          description="", tasks=(task,), path=str(given.resolve()))
-        return _load_dataset(given, shown)
+        return _load_dataset(given, shown, task_ids)
     if given.exists():
         raise LoadError(shown, None, EXPECTED_INPUT)
     raise LoadError(shown, None, f"no such file or directory; {EXPECTED_INPUT}")
@@ -169,19 +176,14 @@ class _Metadata:
 
 
 @attrs.define(kw_only=True)
-class _VerifierEnvironmentNetwork:
-    network_mode: NetworkMode | None = None
-    allowed_hosts: list[str] = attrs.Factory(list)
-
-
-@attrs.define(kw_only=True)
 class _VerifierSection:
     timeout_sec: float = DEFAULT_VERIFIER_TIMEOUT_SEC
     env: dict[str, str] = attrs.Factory(dict)
     user: _StrOrInt = None
     network_mode: NetworkMode | None = None
     allowed_hosts: list[str] = attrs.Factory(list)
-    environment: _VerifierEnvironmentNetwork = attrs.Factory(_VerifierEnvironmentNetwork)
+    environment_mode: Literal["shared", "separate"] | None = None
+    environment: _EnvironmentSection | None = None  # implies "separate"
 
 
 @attrs.define(kw_only=True)
@@ -207,6 +209,17 @@ class _EnvironmentSection:
     allowed_hosts: list[str] = attrs.Factory(list)
     workdir: str | None = None  # tbhud extension (DESIGN §2)
     env: dict[str, str] = attrs.Factory(dict)
+    healthcheck: _HealthcheckSection | None = None
+
+
+@attrs.define(kw_only=True)
+class _HealthcheckSection:  # Harbor's HealthcheckConfig, its defaults
+    command: str
+    interval_sec: float = 5.0
+    timeout_sec: float = 30.0
+    start_period_sec: float = 0.0
+    start_interval_sec: float = 5.0
+    retries: int = 3
 
 
 @attrs.define(kw_only=True)
@@ -231,6 +244,8 @@ class _StepVerifier:
     timeout_sec: float | None = None
     env: dict[str, str] | None = None
     user: _StrOrInt = None
+    # Read so that "separate" is refused by name (not a warning that it was ignored).
+    environment_mode: Literal["shared", "separate"] | None = None
     network_mode: NetworkMode | None = None
     allowed_hosts: list[str] = attrs.Factory(list)
 
@@ -262,6 +277,11 @@ _TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
 
 
 def _read_toml(task_dir: Path, shown_file: str) -> _TaskToml:
+    return _read_toml_data(task_dir, shown_file)[0]
+
+
+def _read_toml_data(task_dir: Path, shown_file: str) -> tuple[_TaskToml, dict[str, Any]]:
+    """task.toml checked, and as read (for the keys tbhud does not know)."""
     try:
         data = tomllib.loads(_read_text(task_dir / "task.toml", shown_file))
     except tomllib.TOMLDecodeError as exc:
@@ -271,7 +291,7 @@ def _read_toml(task_dir: Path, shown_file: str) -> _TaskToml:
             raise LoadError(shown_file, f"line {found[1]}, column {found[2]}",
                             f"invalid TOML: {_TOML_POSITION.sub('', str(exc))}") from None
         raise LoadError(shown_file, None, f"invalid TOML: {exc}") from None
-    return _structure(_TOML, data, _TaskToml, shown_file)
+    return _structure(_TOML, data, _TaskToml, shown_file), data
 
 
 def _toml_version(task_dir: Path, shown: str) -> str:
@@ -335,7 +355,7 @@ def _positive(value: float | None, file: str, field: str) -> None:
     if value is not None and field.endswith("timeout_sec") and value > MAX_TIMEOUT_SEC:
         raise LoadError(file, field, f"expected at most {MAX_TIMEOUT_SEC} seconds (a week), "
                         f"got {_show(value)}")
-    if value is not None and field == "environment.cpus" and value < MIN_CPUS:
+    if value is not None and field.endswith("environment.cpus") and value < MIN_CPUS:
         raise LoadError(file, field, f"expected at least {MIN_CPUS} CPUs, got {_show(value)}")
 
 
@@ -362,33 +382,19 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
     root = task_dir.resolve()
     toml_file = f"{shown}/task.toml"
     _confine(root, task_dir / "task.toml", toml_file)
-    config = _read_toml(task_dir, toml_file)
+    config, data = _read_toml_data(task_dir, toml_file)
     env_cfg = config.environment
 
-    for field in ("verifier.timeout_sec", "agent.timeout_sec", "environment.build_timeout_sec",
-                  "environment.cpus", "environment.memory_mb", "environment.storage_mb"):
+    for field in ("verifier.timeout_sec", "agent.timeout_sec"):
         section, name = field.split(".")
         _positive(getattr(getattr(config, section), name), toml_file, field)
-    _no_credentials(env_cfg.env, toml_file, "environment.env")
-    if env_cfg.gpus > 0:
-        raise LoadError(toml_file, "environment.gpus", "GPUs are not supported")
-    memory_mb = env_cfg.memory_mb
-    if env_cfg.memory is not None:
-        memory_mb = _size_mb(env_cfg.memory, toml_file, "environment.memory")
-        _positive(memory_mb, toml_file, "environment.memory")
-    storage_mb = env_cfg.storage_mb
-    if env_cfg.storage is not None:
-        storage_mb = _size_mb(env_cfg.storage, toml_file, "environment.storage")
-        _positive(storage_mb, toml_file, "environment.storage")
 
-    network = baseline(env_cfg.network_mode, env_cfg.allow_internet, env_cfg.allowed_hosts,
-                       file=toml_file)
+    network = environment_network(env_cfg, toml_file, "environment")
     agent_cfg, verifier_cfg = config.agent, config.verifier
     agent_network = phase_policy(agent_cfg.network_mode, agent_cfg.allowed_hosts,
                                  section="agent", fallback=network, file=toml_file)
-    verifier_base = phase_policy(
-        verifier_cfg.environment.network_mode, verifier_cfg.environment.allowed_hosts,
-        section="verifier.environment", fallback=network, file=toml_file)
+    verifier_base = network if verifier_cfg.environment is None else environment_network(
+        verifier_cfg.environment, toml_file, "verifier.environment")
     verifier_network = phase_policy(verifier_cfg.network_mode, verifier_cfg.allowed_hosts,
                                     section="verifier", fallback=verifier_base, file=toml_file)
 
@@ -410,12 +416,18 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
         _require_file(root, env_dir / "Dockerfile", f"{shown}/environment/Dockerfile",
                       "needed because [environment].docker_image is not set")
         build_context = env_dir.resolve()
+    environment = _environment(env_cfg, toml_file, "environment", build_context)
 
     test_files = _read_tree(root, task_dir / "tests", f"{shown}/tests")
     # A multi-step task's tests/ is shared by its steps, each of which needs a test.sh.
     if "test.sh" not in test_files and not config.steps:
         raise LoadError(f"{shown}/tests/test.sh", None, "missing; every task needs its verifier")
     solution_files = _read_tree(root, task_dir / "solution", f"{shown}/solution")
+    artifacts = _artifacts(config.artifacts, toml_file, "artifacts")
+    verifier_environment = _separate_verifier(
+        config.verifier, (data.get("verifier") or {}).get("environment") or {}, artifacts,
+        environment, task_dir, shown)
+    _no_separate_steps(config, verifier_environment is not None, toml_file)
 
     meta = config.metadata
     return TaskSpec(
@@ -425,18 +437,7 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
         difficulty=_difficulty(meta.difficulty, toml_file, "metadata.difficulty"),
         tags=tuple(meta.tags),
         instruction=instruction,
-        environment=Environment(
-            docker_image=env_cfg.docker_image,
-            build_context=build_context,
-            build_timeout_sec=env_cfg.build_timeout_sec,
-            cpus=float(env_cfg.cpus),
-            memory_mb=memory_mb,
-            storage_mb=storage_mb,
-            network=network,
-            workdir=env_cfg.workdir,
-            env=_resolve_env(env_cfg.env),
-            compose_file=compose_file,
-        ),
+        environment=attrs.evolve(environment, compose_file=compose_file),
         agent_timeout_sec=config.agent.timeout_sec or DEFAULT_AGENT_TIMEOUT_SEC,
         agent_user=_user(config.agent.user),
         verifier_timeout_sec=config.verifier.timeout_sec,
@@ -450,9 +451,15 @@ def _load_task_dir(task_dir: Path, shown: str) -> TaskSpec:
         author_email=meta.author_email,
         steps=_load_steps(config, root, task_dir, shown, test_files),
         multi_step_reward_strategy=config.multi_step_reward_strategy,
-        artifacts=_artifacts(config.artifacts, toml_file, "artifacts"),
+        artifacts=artifacts,
         agent_network=agent_network,
         verifier_network=verifier_network,
+        # A task that asks for GPUs loads, and ends as an error of its own: the rest of its
+        # dataset runs.
+        load_error=_no_gpus(config, toml_file),
+        warnings=tuple(f"task.toml: {key}: not supported by tbhud; ignored"
+                       for key in unsupported_keys(data, _TaskToml)),
+        verifier_environment=verifier_environment,
     )
 
 
@@ -548,17 +555,160 @@ def _compose_file(root: Path, env_dir: Path, shown_dir: str) -> Path | None:
     return found.resolve()
 
 
-def _load_dataset(dataset: Path, shown: str) -> Suite:
+def _environment(env_cfg: _EnvironmentSection, file: str, at: str,
+                 build_context: Path | None) -> Environment:
+    """An `[environment]` table (the task's, or its verifier's at `at`) checked."""
+    for name in ("build_timeout_sec", "cpus", "memory_mb", "storage_mb"):
+        _positive(getattr(env_cfg, name), file, f"{at}.{name}")
+    _no_credentials(env_cfg.env, file, f"{at}.env")
+    memory_mb = env_cfg.memory_mb
+    if env_cfg.memory is not None:
+        memory_mb = _size_mb(env_cfg.memory, file, f"{at}.memory")
+        _positive(memory_mb, file, f"{at}.memory")
+    storage_mb = env_cfg.storage_mb
+    if env_cfg.storage is not None:
+        storage_mb = _size_mb(env_cfg.storage, file, f"{at}.storage")
+        _positive(storage_mb, file, f"{at}.storage")
+
+    return Environment(
+        docker_image=env_cfg.docker_image,
+        build_context=build_context,
+        build_timeout_sec=env_cfg.build_timeout_sec,
+        cpus=float(env_cfg.cpus),
+        memory_mb=memory_mb,
+        storage_mb=storage_mb,
+        network=environment_network(env_cfg, file, at),
+        workdir=env_cfg.workdir,
+        env=_resolve_env(env_cfg.env),
+        healthcheck=_healthcheck(env_cfg.healthcheck, file, f"{at}.healthcheck"),
+    )
+
+
+def environment_network(env_cfg: _EnvironmentSection, file: str, at: str) -> NetworkPolicy:
+    """An `[environment]` table's baseline policy, its key named as `at`."""
+    return baseline(env_cfg.network_mode, env_cfg.allow_internet, env_cfg.allowed_hosts,
+                    file=file, section=at)
+
+
+def _healthcheck(section: _HealthcheckSection | None, file: str, at: str) -> Healthcheck | None:
+    if section is None:
+        return None
+    if not section.command.strip():
+        raise LoadError(file, f"{at}.command", "expected a shell command, got an empty one")
+    for name in ("interval_sec", "timeout_sec", "start_interval_sec"):
+        _positive(getattr(section, name), file, f"{at}.{name}")
+    if not (math.isfinite(section.start_period_sec) and section.start_period_sec >= 0):
+        raise LoadError(file, f"{at}.start_period_sec", "expected a number of seconds >= 0, "
+                        f"got {_show(section.start_period_sec)}")
+    if section.retries < 1:
+        raise LoadError(file, f"{at}.retries", "expected a positive integer, got "
+                        f"{_show(section.retries)}")
+    return Healthcheck(**attrs.asdict(section))
+
+
+ARTIFACTS_DIR = "/logs/artifacts"  # Harbor's: always handed to a separate verifier
+
+
+NETWORK_KEYS = {"network_mode", "allowed_hosts", "allow_internet"}
+
+
+def _separate_verifier(section: _VerifierSection, verifier_env_keys: Iterable[str],
+                       artifacts: tuple[Artifact, ...], agent_env: Environment,
+                       task_dir: Path, shown: str) -> SeparateVerifier | None:
+    """Harbor's verifier environment: None when shared (the default). Separate when
+    `environment_mode = "separate"` or a `[verifier.environment]` table says so; its image is,
+    in this order, tests/ built (tests/Dockerfile; the image holds /tests), the table's
+    docker_image (which holds /tests too), or a fresh copy of the agent's environment (tests/
+    uploaded). It sees /logs/artifacts and the task's `artifacts`, copied from the agent's."""
+    file = f"{shown}/task.toml"
+    # A `[verifier.environment]` holding only network keys is the verifier phase's network
+    # policy in the shared container (Harbor's network policy page); any other key in it
+    # describes an environment of its own, which means "separate".
+    own_keys = set(verifier_env_keys) - NETWORK_KEYS
+    mode = section.environment_mode or ("separate" if own_keys else "shared")
+    if mode == "shared":
+        if own_keys:
+            raise LoadError(file, "verifier.environment",
+                            'not allowed with environment_mode = "shared"')
+        return None
+    root, tests = task_dir.resolve(), task_dir / "tests"
+    for name in ("docker-compose.yaml", "docker-compose.yml"):
+        if (tests / name).exists():  # Harbor would start it as a compose project
+            raise LoadError(f"{shown}/tests/{name}", None, "a Docker Compose verifier "
+                            "environment is not supported by tbhud")
+    own_build = (tests / "Dockerfile").exists()
+    if own_build:
+        _require_file(root, tests / "Dockerfile", f"{shown}/tests/Dockerfile")
+    build_context = tests.resolve() if own_build else None
+    if section.environment is not None:
+        if not own_build and section.environment.docker_image is None:
+            raise LoadError(file, "verifier.environment", "expected docker_image, or a "
+                            "tests/Dockerfile to build the verifier's image from")
+        environment = _environment(section.environment, file, "verifier.environment",
+                                   build_context)
+        if own_build:  # the verifier's own definition wins over any docker_image
+            environment = attrs.evolve(environment, docker_image=None)
+    elif own_build:
+        environment = attrs.evolve(agent_env, docker_image=None, build_context=build_context)
+    else:
+        environment = agent_env
+    own_image = own_build or (section.environment is not None
+                              and section.environment.docker_image is not None)
+    return SeparateVerifier(environment=environment, upload_tests=not own_image,
+                            inputs=(ARTIFACTS_DIR, *_artifact_sources(artifacts, file)))
+
+
+def _artifact_sources(artifacts: tuple[Artifact, ...], file: str) -> list[str]:
+    """The container paths of the task's `artifacts`, handed to a separate verifier at the
+    same paths: absolute ones only, as there is no workdir to resolve them against."""
+    for index, artifact in enumerate(artifacts):
+        if not artifact.source.startswith("/"):
+            raise LoadError(file, f"artifacts[{index}]", "expected an absolute path for a "
+                            f"separate verifier environment, got {artifact.source!r}")
+    return [artifact.source for artifact in artifacts]
+
+
+def _no_separate_steps(config: _TaskToml, separate: bool, file: str) -> None:
+    """A multi-step task verifies each step in its one container: a separate verifier
+    environment for its steps is refused rather than run in the shared one."""
+    if not config.steps:
+        return
+    if separate:
+        raise LoadError(file, "verifier.environment_mode", "a separate verifier environment "
+                        "is not supported by tbhud for a multi-step task")
+    for index, step in enumerate(config.steps):
+        if step.verifier.environment_mode == "separate":
+            raise LoadError(file, f"steps[{index}].verifier.environment_mode",
+                            "a separate verifier environment is not supported by tbhud for "
+                            "a multi-step task")
+
+
+def _no_gpus(config: _TaskToml, file: str) -> str | None:
+    """The error of a task that asks for GPUs (for its agent or its verifier), else None."""
+    for at, env_cfg in (("environment", config.environment),
+                        ("verifier.environment", config.verifier.environment)):
+        if env_cfg is not None and env_cfg.gpus > 0:
+            return (f"{file}: {at}.gpus: GPUs are not supported by this engine "
+                    f"(the task asks for {env_cfg.gpus})")
+    return None
+
+
+def _load_dataset(dataset: Path, shown: str, task_ids: list[str] | None) -> Suite:
     root = dataset.resolve()
+    subs = [sub for sub in sorted(dataset.iterdir())
+            if sub.is_dir() and (sub / "task.toml").exists()]
+    if task_ids:  # a task's id is its directory's name: the others are not read at all
+        check_known(str(root), task_ids, {sub.name for sub in subs})
+        wanted = set(task_ids)
+        subs = [sub for sub in subs if sub.name in wanted]
     tasks = []
-    for sub in sorted(dataset.iterdir()):
-        if sub.is_dir() and (sub / "task.toml").exists():
-            where = f"{shown}/{sub.name}"
-            try:
-                _confine(root, sub, where)  # a symlinked task must live inside
-                tasks.append(_load_task_dir(sub, where))
-            except LoadError as exc:  # one broken task must not stop the others
-                tasks.append(_broken(sub.name, where, exc))
+    for sub in subs:
+        where = f"{shown}/{sub.name}"
+        try:
+            _confine(root, sub, where)  # a symlinked task must live inside
+            tasks.append(_load_task_dir(sub, where))
+        except LoadError as exc:  # one broken task must not stop the others
+            tasks.append(_broken(sub.name, where, exc))
     if not tasks:
         raise LoadError(shown, None, f"no sub-directory holds a task.toml; {EXPECTED_INPUT}")
     tasks.sort(key=lambda t: t.id)
@@ -699,7 +849,8 @@ _TOML = _make_converter("a table")
 _JSON = _make_converter("an object")
 
 
-def _load_suite_file(file: Path, shown: str, default_image: str | None) -> Suite:
+def _load_suite_file(file: Path, shown: str, default_image: str | None,
+                     task_ids: list[str] | None = None) -> Suite:
     try:
         data = json.loads(_read_text(file, shown))
     except json.JSONDecodeError as exc:
@@ -711,7 +862,13 @@ def _load_suite_file(file: Path, shown: str, default_image: str | None) -> Suite
     suite_dir = file.resolve().parent
     shown_dir = str(Path(shown).parent)
     tasks = []
+    _check_unique([entry.id for entry in suite.tasks], shown, lambda i: f"tasks[{i}].id")
+    if task_ids:  # the entries not selected are not loaded (nor their source_path)
+        check_known(str(file.resolve()), task_ids, {entry.id for entry in suite.tasks})
+    wanted = set(task_ids or ())
     for index, entry in enumerate(suite.tasks):
+        if wanted and entry.id not in wanted:
+            continue
         at = f"tasks[{index}]"
         _positive(entry.timeout_seconds, shown, f"{at}.timeout_seconds")
         _positive(entry.max_turns, shown, f"{at}.max_turns")
@@ -731,7 +888,6 @@ def _load_suite_file(file: Path, shown: str, default_image: str | None) -> Suite
             max_turns=entry.max_turns if entry.max_turns is not None else task.max_turns,
         )
         tasks.append(task)
-    _check_unique([t.id for t in tasks], shown, lambda i: f"tasks[{i}].id")
     return Suite(name=suite.name, version=suite.version, description=suite.description or "",
                  tasks=tuple(tasks), path=str(file.resolve()))
 

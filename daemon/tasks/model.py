@@ -43,6 +43,19 @@ class NetworkPolicy:
 
 
 @attrs.frozen
+class Healthcheck:
+    """`[environment.healthcheck]`: Docker's HEALTHCHECK, run by the engine before the agent.
+    Defaults are Harbor's."""
+
+    command: str  # a shell command (bash -c); exit 0 means healthy
+    interval_sec: float = 5.0  # between tries, once the start period is over
+    timeout_sec: float = 30.0  # per try; a try that runs longer failed
+    start_period_sec: float = 0.0  # failures within it do not count
+    start_interval_sec: float = 5.0  # between tries during the start period
+    retries: int = 3  # consecutive counted failures that make it fail
+
+
+@attrs.frozen
 class Environment:
     """How the task's container is made: `[environment]` of task.toml."""
 
@@ -62,6 +75,21 @@ class Environment:
     # environment/docker-compose.yaml (or .yml): the task runs as a Compose project whose
     # `main` service is its container, built or pulled as above; the others are sidecars.
     compose_file: Path | None = None
+    healthcheck: Healthcheck | None = None
+
+
+@attrs.frozen
+class SeparateVerifier:
+    """Harbor's `environment_mode = "separate"`: the verifier runs in a sandbox of its own,
+    made from `environment`, and sees of the agent's sandbox only the files at `inputs`."""
+
+    environment: Environment
+    # tests/ uploaded to /tests (a fresh copy of the agent's environment), or not: a
+    # verifier image of its own (tests/Dockerfile, a docker_image) holds /tests itself.
+    upload_tests: bool
+    # Absolute paths copied from the agent's sandbox to the same paths in the verifier's:
+    # /logs/artifacts and the task's `artifacts`.
+    inputs: tuple[str, ...] = ()
 
 
 # How a multi-step task's reward comes from its steps' (Harbor's multi_step_reward_strategy):
@@ -151,6 +179,10 @@ class TaskSpec:
     # verifier runs (`[verifier]`, else `[verifier.environment]`, else the baseline).
     agent_network: NetworkPolicy = attrs.field(factory=NetworkPolicy)
     verifier_network: NetworkPolicy = attrs.field(factory=NetworkPolicy)
+    # One line per task.toml key tbhud does not act on, shown at the start of each trial and
+    # kept with its result: "task.toml: environment.mcp_servers: not supported by tbhud; ..."
+    warnings: tuple[str, ...] = ()
+    verifier_environment: SeparateVerifier | None = None  # None: verified in the agent's
 
 
 @attrs.frozen
@@ -165,14 +197,18 @@ class Suite:
         """The tasks named (in suite order), or all; an unknown id is a LoadError."""
         if not task_ids:
             return list(self.tasks)
-        known = {t.id for t in self.tasks}
-        unknown = [i for i in task_ids if i not in known]
-        if unknown:
-            # A suite of 45k tasks must not make a 349 KB message: a few names of each.
-            raise LoadError(self.path, "tasks", f"unknown task id(s) {_few(unknown)}; "
-                            f"this suite has {len(known)}: {_few(sorted(known))}")
+        check_known(self.path, task_ids, {t.id for t in self.tasks})
         wanted = set(task_ids)
         return [t for t in self.tasks if t.id in wanted]
+
+
+def check_known(path: str, task_ids: list[str], known: set[str]) -> None:
+    """A LoadError naming the ids in `task_ids` that are not `known` (the suite's ids)."""
+    unknown = [i for i in task_ids if i not in known]
+    if unknown:
+        # A suite of 45k tasks must not make a 349 KB message: a few names of each.
+        raise LoadError(path, "tasks", f"unknown task id(s) {_few(unknown)}; "
+                        f"this suite has {len(known)}: {_few(sorted(known))}")
 
 
 def _few(names: list[str], shown: int = 10) -> str:

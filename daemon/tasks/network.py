@@ -44,8 +44,9 @@ def phase_policy(mode: NetworkMode | None, hosts: list[str], *, section: str,
 
 
 def baseline(mode: NetworkMode | None, allow_internet: bool, hosts: list[str], *,
-             file: str) -> NetworkPolicy:
-    """`[environment]`'s policy: `network_mode` wins over the older `allow_internet`."""
+             file: str, section: str = "environment") -> NetworkPolicy:
+    """`[environment]`'s policy (or `[section]`'s, an environment table of the verifier's):
+    `network_mode` wins over the older `allow_internet`."""
     legacy = NetworkPolicy("public" if allow_internet else "no-network",
-                           key="environment.allow_internet")
-    return phase_policy(mode, hosts, section="environment", fallback=legacy, file=file)
+                           key=f"{section}.allow_internet")
+    return phase_policy(mode, hosts, section=section, fallback=legacy, file=file)
