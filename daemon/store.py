@@ -105,6 +105,7 @@ def _owner_alive(run_dir: Path) -> bool:
 # Columns added to task_results after its first schema, one ALTER each for stores made
 # before them: the agent's program version (claude-code: the CLI's).
 AGENT_COLUMNS = {"agent_version": "TEXT", "rewards": "TEXT"}  # rewards: a JSON object
+ENGINE_COLUMNS = {"engine": "TEXT"}  # the engine a try ran on (engines.toml's name)
 
 
 def now_iso() -> str:
@@ -122,6 +123,7 @@ class Store:
         _migrate(self.db)
         self.db.executescript(SCHEMA)
         self._add_columns("task_results", AGENT_COLUMNS)
+        self._add_columns("task_results", ENGINE_COLUMNS)
 
     def _add_columns(self, table: str, columns: dict[str, str]) -> None:
         have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
@@ -174,6 +176,10 @@ class Store:
             " AND task_id = ? AND attempt = ? AND try = ?",
             (result.agent_version, json.dumps(result.rewards) if result.rewards else None,
              run_id, result.task_id, result.attempt, result.tries))
+        self.db.execute(
+            "UPDATE task_results SET engine = ? WHERE run_id = ? AND task_id = ?"
+            " AND attempt = ? AND try = ?",
+            (result.engine, run_id, result.task_id, result.attempt, result.tries))
 
     def finish_run(self, run_id: str, *, status: str, total_duration_ms: int) -> RunReport:
         """Mark the run ended, write report.json, and return the report. The duration adds
@@ -262,14 +268,15 @@ class Store:
     def _results(self, run_id: str) -> tuple[list[TaskResult], list[TaskResult]]:
         """(final results, the tries a later try replaced), in suite order then attempt."""
         rows = self.db.execute(
-            f"SELECT {RESULT_COLUMNS}, {', '.join(AGENT_COLUMNS)} FROM task_results"
+            f"SELECT {RESULT_COLUMNS}, {', '.join(AGENT_COLUMNS)}, engine FROM task_results"
             " WHERE run_id = ? ORDER BY try", (run_id,)).fetchall()
         final: dict[tuple[str, int], TaskResult] = {}
         retried: list[TaskResult] = []
         for row in rows:
-            *fields, retryable, agent_version, rewards = row
+            *fields, retryable, agent_version, rewards, engine = row
             result = TaskResult(*fields, retryable=bool(retryable), agent_version=agent_version,
-                                rewards=json.loads(rewards) if rewards else None)
+                                rewards=json.loads(rewards) if rewards else None,
+                                engine=engine)
             earlier = final.get((result.task_id, result.attempt))
             if earlier is not None:
                 retried.append(earlier)

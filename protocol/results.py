@@ -37,6 +37,8 @@ class TaskResult:
     # reward.json's numeric keys, kept whole (Harbor's multi-key rewards); `reward` is its
     # `reward` key.
     rewards: dict[str, float] | None = None
+    # The engine it ran on (engines.toml's name; "local" without the file).
+    engine: str | None = None
 
 
 @attrs.frozen

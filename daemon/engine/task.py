@@ -16,7 +16,8 @@ from daemon.agents.base import INSTRUCTION_DIR, AgentContext, AgentError, AgentR
 from daemon.agents.claude_stream import redact
 from daemon.engine.logs import CappedLog, Tail
 from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward, read_rewards
-from daemon.sandbox import Sandbox, SandboxError, Stats
+from daemon.sandbox import Sandbox, SandboxError, SandboxProvider, Stats
+from daemon.sandbox.base import EngineLost
 from daemon.tasks.model import TaskSpec
 from protocol import TaskResult
 from protocol.events import (
@@ -33,6 +34,7 @@ from protocol.events import (
 
 if TYPE_CHECKING:
     from daemon.engine.run import Engine, RunConfig
+    from daemon.sandbox.pool import Member
 
 log = logging.getLogger("tbhud.engine")
 
@@ -85,14 +87,16 @@ class TaskRun:
 
     def __init__(self, engine: Engine, run_id: str, agent: Any, task: TaskSpec, index: int,
                  total: int, config: RunConfig, scope: trio.CancelScope, *, attempt: int = 1,
-                 tries: int = 1, can_retry: bool = False) -> None:
+                 tries: int = 1, can_retry: bool = False, member: Member) -> None:
         self.engine, self.run_id, self.agent, self.task = engine, run_id, agent, task
         self.index, self.total, self.config, self.scope = index, total, config, scope
         # Attempt N of config.attempts, its try number, whether a retryable error gets
         # another try (then this try's result is not the attempt's last word).
         self.attempt, self.tries, self.can_retry = attempt, tries, can_retry
         self.emit = engine.emit
-        self.sandboxes = engine.sandboxes
+        # The engine of the pool this try runs on; `lost`: it stopped answering.
+        self.member = member
+        self.lost = False
         self.dir = engine.store.task_dir(run_id, task.id, attempt)
         self.started = time.monotonic()
         self.phase: Phase = "setup"
@@ -105,6 +109,10 @@ class TaskRun:
         # write them where the verifier prints them. Every text out of the sandbox is masked.
         env = host_env(agent.needs)
         self.secrets = [env[n] for n in agent.needs.credentials if n in env]
+
+    @property
+    def sandboxes(self) -> SandboxProvider:
+        return self.member.ready
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -153,7 +161,7 @@ class TaskRun:
                               category=task.category, difficulty=task.difficulty,  # type: ignore[arg-type]
                               task_index=self.index, total_tasks=self.total,
                               attempt=self.attempt, attempts=self.config.attempts,
-                              tries=self.tries))
+                              tries=self.tries, engine=self.member.name))
         if self.config.attempts > 1 or self.tries > 1:
             self.system(f"attempt {self.attempt}/{self.config.attempts}, try {self.tries}")
         self.progress("setup")
@@ -165,7 +173,11 @@ class TaskRun:
                 result = self._result("error", error="stopped")
         except* (SandboxError, AgentError) as group:
             failure = group.exceptions[0]
-            result = self._result("error", error=str(failure),
+            error = str(failure)
+            if isinstance(failure, EngineLost):
+                self.lost = True
+                error = self.engine.pool.lost_text(self.member, error)
+            result = self._result("error", error=error,
                                   agent=failure.result if isinstance(failure, AgentError)
                                   else None, retryable=failure.retryable)
         except* Exception as group:  # a crashed step fails its task, never the run
@@ -193,7 +205,8 @@ class TaskRun:
                                                              mounts=self.agent.mounts())
         env = task.environment
         self.emit(ContainerStart(run_id=self.run_id, task_id=task.id, container_id=sandbox.id,
-                                 image=image, cpus=env.cpus, memory_mb=env.memory_mb))
+                                 image=image, cpus=env.cpus, memory_mb=env.memory_mb,
+                                 engine=self.member.name))
         async with trio.open_nursery() as nursery:
             if self.config.container_stats:
                 nursery.start_soon(sandbox.stats, self._on_stats)
@@ -310,7 +323,8 @@ class TaskRun:
                           tests_total=tests_total, reward=reward, turns=agent.turns,
                           tokens=agent.tokens, cost_usd=agent.cost_usd, error=error,
                           attempt=self.attempt, tries=self.tries, retryable=retryable,
-                          agent_version=agent.version, rewards=rewards)
+                          agent_version=agent.version, rewards=rewards,
+                          engine=self.member.name)
 
     async def _teardown(self, *, kill_first: bool) -> None:
         """Remove the sandbox (killing what runs in it first when asked). Runs shielded,
