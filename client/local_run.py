@@ -84,6 +84,7 @@ def _run(args: argparse.Namespace) -> RunReport:
         # The engine first: with no Docker here, nothing is written to the data directory.
         engines = Path(args.engines) if getattr(args, "engines", None) else None
         sandboxes = await open_pool(home, engines)  # removes the orphans on each engine
+        await sandboxes.check()  # none answering: refused before anything is stored
         if args.concurrency is None:  # as many as the engines' slots
             holder["config"] = attrs.evolve(config, concurrency=sandboxes.capacity)
         async with trio.open_nursery() as watcher:

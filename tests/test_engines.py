@@ -249,7 +249,8 @@ async def test_an_ssh_engine_runs_tasks_and_the_daemon_lists_its_engines(
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     wrapper = bin_dir / "ssh"
-    wrapper.write_text(f'#!/bin/sh\nexec {sshd["TBHUD_SSH"]} "$@"\n')
+    ssh = sshd["TBHUD_SSH"].replace("ssh ", "/usr/bin/ssh ", 1)  # not this wrapper again
+    wrapper.write_text(f'#!/bin/sh\nexec {ssh} "$@"\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     file = write(tmp_path / "engines.toml", """\

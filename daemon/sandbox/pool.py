@@ -115,8 +115,9 @@ class SandboxPool:
 
     def lost(self, member: Member, error: str) -> None:
         """`member` stopped answering: no new task goes to it until a probe finds it back."""
+        member.error = error  # the latest reason, also for one not up yet
         if member.up:
-            member.up, member.error, member.reap = False, error, True
+            member.up, member.reap = False, True
             self._notify(member)
 
     # -- the daemon's view: check before a run, orphans, probes ------------------------------
