@@ -102,7 +102,8 @@ def _run(args: argparse.Namespace) -> RunReport:
 
             def emit(event: Event) -> None:
                 progress(event)
-                emitters.offer(event)
+                if event.type != "engine_status":  # the engines', not this run's message
+                    emitters.offer(event)
 
             with Store(home) as store:
                 store.mark_interrupted()  # a killed `tbhud run`'s, reaped above

@@ -20,7 +20,7 @@ import trio
 from daemon.engine.run import Engine, RunConfig
 from daemon.sandbox import open_pool
 from daemon.sandbox.docker.provider import LABEL, instance_name
-from daemon.sandbox.engines import EnginesError, read_engines
+from daemon.sandbox.engines import EnginesError, find_engines, read_engines
 from daemon.sandbox.pool import Member, SandboxPool
 from daemon.serving.process import Daemon, Options, run_daemon
 from daemon.tasks.loader import load
@@ -92,6 +92,15 @@ def test_engines_toml_tls_paths_are_the_files_own_and_passwords_are_never_shown(
     assert (tls.slots, tls.tls_ca, tls.tls_key) == (8, str(tmp_path / "certs/ca.pem"),
                                                     str(tmp_path / "certs/key.pem"))
     assert (far.slots, far.public_url) == (4, "ssh://me@box:2222")
+
+
+def test_the_data_directorys_engines_toml_is_read_unless_a_file_is_named(tmp_path: Path,
+                                                                          home: Path):
+    assert find_engines(None, home) is None  # neither: the local engine alone
+    write(home / "engines.toml", "[[engine]]\nname = 'home'\nurl = 'unix:///a'\n")
+    named = write(tmp_path / "mine.toml", "[[engine]]\nname = 'named'\nurl = 'tcp://h:1'\n")
+    assert [e.name for e in find_engines(None, home)] == ["home"]
+    assert [e.name for e in find_engines(named, home)] == ["named"]
 
 
 def test_the_daemon_refuses_to_start_with_a_bad_engines_file(tmp_path: Path, home: Path):

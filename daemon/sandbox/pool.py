@@ -56,7 +56,8 @@ class Member:
     @property
     def ready(self) -> SandboxProvider:
         if self.provider is None:
-            raise SandboxError(f"engine {self.name} lost: {self.error}", retryable=True)
+            raise SandboxError(f"engine {self.name} lost: "
+                               f"{self.error or 'it has not answered yet'}", retryable=True)
         return self.provider
 
 

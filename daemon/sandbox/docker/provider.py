@@ -350,12 +350,15 @@ class DockerSandboxes(SandboxProvider):
         if mounts:  # bind mounts: the host's file itself, no copy per container
             kwargs["mounts"] = [docker.types.Mount(m.target, str(m.source), type="bind",
                                                    read_only=True) for m in mounts]
-        container = await self.call("cannot create the container",
-                                    self.client.containers.create, image, **kwargs)
+        # Shielded: a stop that came while the engine made it would abandon the call and
+        # leave a container nobody knows of (the call is bounded by CALL_TIMEOUT_SEC).
+        with trio.CancelScope(shield=True):
+            container = await self.call("cannot create the container",
+                                        self.client.containers.create, image, **kwargs)
         sandbox = DockerSandbox(self, container.id, image, workdir)
         try:
             await self.call("cannot start the container", container.start)
-        except SandboxError:
+        except BaseException:  # failed, or stopped meanwhile: it is not the caller's yet
             with trio.CancelScope(shield=True):
                 await sandbox.remove()
             raise
