@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import signal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 from client.commands.common import BadInput, CommandError
 from client.commands.runs import agent_options, task_ids
 from client.render import Progress
 from protocol import Event, RunReport
+from protocol.rpc import DEFAULT_CONCURRENCY
 
 if TYPE_CHECKING:
     from daemon.engine.run import RunConfig
@@ -33,7 +36,8 @@ def config_from_args(args: argparse.Namespace, *, container_stats: bool) -> RunC
             testgen=False if args.no_testgen else None)
     except OptionError as exc:
         raise BadInput(str(exc)) from exc
-    return RunConfig(agent=args.agent, agent_options=options, concurrency=args.concurrency,
+    return RunConfig(agent=args.agent, agent_options=options,
+                     concurrency=args.concurrency or DEFAULT_CONCURRENCY,
                      timeout_multiplier=args.timeout_multiplier, pull=args.pull,
                      container_stats=container_stats, attempts=args.attempts,
                      retries=args.retries, image=args.image)
@@ -62,7 +66,7 @@ def _run(args: argparse.Namespace) -> RunReport:
     from daemon.agents import prepare_agent
     from daemon.engine.run import Engine
     from daemon.paths import data_dir
-    from daemon.sandbox import open_local
+    from daemon.sandbox import open_pool
     from daemon.serving.emitter import Emitter, Emitters
     from daemon.store import Store
     from daemon.tasks.loader import load
@@ -79,8 +83,19 @@ def _run(args: argparse.Namespace) -> RunReport:
         # No credential, no CLI to provide: refused before anything starts.
         holder["agent"] = await prepare_agent(config.agent, config.agent_options)
         # The engine first: with no Docker here, nothing is written to the data directory.
-        sandboxes = await open_local(home)
-        await sandboxes.remove_orphans()
+        engines = Path(args.engines) if getattr(args, "engines", None) else None
+        sandboxes = await open_pool(home, engines)  # removes the orphans on each engine
+        await sandboxes.check()  # none answering: refused before anything is stored
+        if args.concurrency is None:  # as many as the engines' slots
+            holder["config"] = attrs.evolve(config, concurrency=sandboxes.capacity)
+        async with trio.open_nursery() as watcher:
+            await watcher.start(sandboxes.watch)
+            try:
+                await in_pool(sandboxes)
+            finally:
+                watcher.cancel_scope.cancel()  # the engines' probe ends with the run
+
+    async def in_pool(sandboxes: Any) -> None:
         async with trio.open_nursery() as nursery:
             emitters = Emitters(nursery)
             for url in args.emit_to:
@@ -88,7 +103,8 @@ def _run(args: argparse.Namespace) -> RunReport:
 
             def emit(event: Event) -> None:
                 progress(event)
-                emitters.offer(event)
+                if event.type != "engine_status":  # the engines', not this run's message
+                    emitters.offer(event)
 
             with Store(home) as store:
                 store.mark_interrupted()  # a killed `tbhud run`'s, reaped above
@@ -102,7 +118,8 @@ def _run(args: argparse.Namespace) -> RunReport:
             async with trio.open_nursery() as nursery:
 
                 async def run_it(task_status: trio.TaskStatus[str]) -> None:
-                    holder["report"] = await engine.run(suite, tasks, config,
+                    holder["report"] = await engine.run(suite, tasks,
+                                                        holder.get("config", config),
                                                         agent=holder["agent"],
                                                         task_status=task_status)
                     nursery.cancel_scope.cancel()  # ends the signal watcher

@@ -46,18 +46,23 @@ def report_text(report: RunReport) -> str:
     """One row per trial (task x attempt; an `attempt` column when K > 1), then the totals,
     pass@k and the mean reward for K > 1."""
     many = report.attempts > 1
+    # An `engine` column once engines.toml is in play (the local engine alone: no news).
+    engines = {t.engine for t in report.tasks} - {None, "local"}
     rows = []
     for t in report.tasks:
         tests = f"{t.tests_passed}/{t.tests_total}" if t.tests_total is not None else "-"
         note = (t.error or "")[:60] + (f" ({t.tries} tries)" if t.tries > 1 else "")
         rows.append([f"{ICONS[t.outcome]} {t.task_id}", *([str(t.attempt)] if many else []),
-                     t.outcome, duration(t.duration_ms), tests, _cell(t.reward),
-                     _cell(t.turns), note.strip()])
+                     t.outcome, *([t.engine or "-"] if engines else []),
+                     duration(t.duration_ms), tests, _cell(t.reward), _cell(t.turns),
+                     note.strip()])
     recorded = {(t.task_id, t.attempt) for t in report.tasks}
-    rows += [[f"  {tid}", *([str(a)] if many else []), "not run", "-", "-", "-", "-", ""]
+    rows += [[f"  {tid}", *([str(a)] if many else []), "not run",
+              *(["-"] if engines else []), "-", "-", "-", "-", ""]
              for tid in report.task_ids for a in range(1, report.attempts + 1)
              if (tid, a) not in recorded]
-    body = table(["task", *(["attempt"] if many else []), "outcome", "time", "tests",
+    body = table(["task", *(["attempt"] if many else []), "outcome",
+                  *(["engine"] if engines else []), "time", "tests",
                   "reward", "turns", "note"], rows)
     body += _steps_and_artifacts(report)
     total = len(report.task_ids) * report.attempts

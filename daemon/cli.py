@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 EXIT_OK, EXIT_FAILED = 0, 1
@@ -55,6 +56,10 @@ def build_parser(prog: str = "python -m daemon") -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true",
                         help="start, status: the daemon's status as one JSON object on stdout")
     add_emit_options(parser, "every HUD message of every run")
+    parser.add_argument("--engines", metavar="FILE",
+                        help="start: the Docker engines runs spread over (engines.toml; "
+                             "default: the data directory's engines.toml, else the local "
+                             "engine alone)")
     parser.add_argument("--image", help="base-image: image name (default tbhud/base:bookworm)")
     parser.add_argument("--mirror", help="base-image: Debian mirror URL")
     parser.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
@@ -93,8 +98,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m daemon") -> int:
         options = process.Options(
             listen=args.listen, allow_remote=args.allow_remote, emit_to=tuple(args.emit_to),
             emit_token=args.emit_token or os.environ.get(process.EMIT_TOKEN_ENV),
-            resume_interrupted=args.resume_interrupted)
+            resume_interrupted=args.resume_interrupted, engines=args.engines)
         options.address()  # refuse a bad --listen here, not in the log of a detached child
+        if args.engines:  # and a bad engines.toml
+            from daemon.sandbox.engines import EnginesError, read_engines
+
+            try:
+                read_engines(Path(args.engines))
+            except EnginesError as exc:
+                print(f"tbhud daemon: {exc}", file=sys.stderr)
+                return EXIT_FAILED
         if args.foreground:
             return process.run_foreground(options, args.ready_fd)
         status, started = process.start_background(options)

@@ -109,6 +109,7 @@ AGENT_COLUMNS = {"agent_version": "TEXT", "rewards": "TEXT", "warnings": "TEXT"}
 # A multi-step task's steps (a JSON array of step results) and the artifacts copied out (a
 # JSON array of paths), added the same way.
 STEP_COLUMNS = {"steps": "TEXT", "artifacts": "TEXT"}
+ENGINE_COLUMNS = {"engine": "TEXT"}  # the engine a try ran on (engines.toml's name)
 
 
 def now_iso() -> str:
@@ -127,6 +128,7 @@ class Store:
         self.db.executescript(SCHEMA)
         self._add_columns("task_results", AGENT_COLUMNS)
         self._add_columns("task_results", STEP_COLUMNS)
+        self._add_columns("task_results", ENGINE_COLUMNS)
 
     def _add_columns(self, table: str, columns: dict[str, str]) -> None:
         have = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
@@ -186,6 +188,10 @@ class Store:
             (None if result.steps is None else json.dumps(converter.unstructure(result.steps)),
              json.dumps(result.artifacts) if result.artifacts else None,
              run_id, result.task_id, result.attempt, result.tries))
+        self.db.execute(
+            "UPDATE task_results SET engine = ? WHERE run_id = ? AND task_id = ?"
+            " AND attempt = ? AND try = ?",
+            (result.engine, run_id, result.task_id, result.attempt, result.tries))
 
     def finish_run(self, run_id: str, *, status: str, total_duration_ms: int) -> RunReport:
         """Mark the run ended, write report.json, and return the report. The duration adds
@@ -274,18 +280,20 @@ class Store:
     def _results(self, run_id: str) -> tuple[list[TaskResult], list[TaskResult]]:
         """(final results, the tries a later try replaced), in suite order then attempt."""
         rows = self.db.execute(
-            f"SELECT {RESULT_COLUMNS}, {', '.join(AGENT_COLUMNS)}, {', '.join(STEP_COLUMNS)}"
-            " FROM task_results WHERE run_id = ? ORDER BY try", (run_id,)).fetchall()
+            f"SELECT {RESULT_COLUMNS}, {', '.join(AGENT_COLUMNS)}, {', '.join(STEP_COLUMNS)},"
+            f" {', '.join(ENGINE_COLUMNS)} FROM task_results WHERE run_id = ? ORDER BY try",
+            (run_id,)).fetchall()
         final: dict[tuple[str, int], TaskResult] = {}
         retried: list[TaskResult] = []
         for row in rows:
-            *fields, retryable, agent_version, rewards, warnings, steps, artifacts = row
+            *fields, retryable, agent_version, rewards, warnings, steps, artifacts, engine = row
             result = TaskResult(*fields, retryable=bool(retryable), agent_version=agent_version,
                                 rewards=json.loads(rewards) if rewards else None,
                                 warnings=json.loads(warnings) if warnings else None,
                                 steps=None if steps is None else
                                 converter.structure(json.loads(steps), list[StepResult]),
-                                artifacts=json.loads(artifacts) if artifacts else None)
+                                artifacts=json.loads(artifacts) if artifacts else None,
+                                engine=engine)
             earlier = final.get((result.task_id, result.attempt))
             if earlier is not None:
                 retried.append(earlier)

@@ -133,6 +133,8 @@ class TBTaskStart:
     attempt: int | None = None
     attempts: int | None = None
     tries: int | None = None
+    # The engine (engines.toml's name) the try runs on.
+    engine: str | None = None
 
 
 @attrs.frozen
@@ -219,6 +221,7 @@ class ContainerStart:
     cpus: float
     memory_mb: int
     type: Literal["container_start"] = "container_start"
+    engine: str | None = None  # the engine it runs on
 
 
 @attrs.frozen
@@ -279,6 +282,20 @@ class ErrorEvent:
     type: Literal["error"] = "error"
 
 
+@attrs.frozen
+class EngineStatus:
+    """An engine of the pool changed: its health ("up", "down"), or its running tasks."""
+
+    name: str
+    url: str  # without secrets
+    health: str
+    slots: int
+    running: int
+    version: str | None = None
+    error: str | None = None  # why it is down
+    type: Literal["engine_status"] = "engine_status"
+
+
 Event = (
     TBSuiteInfo
     | TBRunStart
@@ -296,6 +313,7 @@ Event = (
     | ToolUse
     | ToolResult
     | ErrorEvent
+    | EngineStatus
 )
 
 # Written once, as the union above: the classes and their tags are read from it.

@@ -50,6 +50,7 @@ class Container:
     memory_limit_bytes: int | None = None
     stopped: bool = False
     exit_code: int | None = None
+    engine: str | None = None  # the Docker engine it runs on
 
 
 @attrs.define(eq=False)
@@ -224,7 +225,8 @@ class Board:
                 [item.status] if item.status in DONE else [])
             task.container = None if item.container_id is None else Container(
                 item.container_id, item.image or "?", item.cpus, item.memory_mb,
-                item.cpu_percent, item.memory_bytes, stopped=item.status in DONE)
+                item.cpu_percent, item.memory_bytes, stopped=item.status in DONE,
+                engine=item.engine)
         for task_id, lines in snap.recent_output.items():
             output = self.ensure(task_id).output
             output.clear()
@@ -289,7 +291,7 @@ def apply(board: Board, event: Event, now: float) -> Task | None:
             task = _task(board, event.run_id, event.task_id)
             if task is not None:
                 task.container = Container(event.container_id, event.image, event.cpus,
-                                           event.memory_mb)
+                                           event.memory_mb, engine=event.engine)
             return task
         case ContainerStats():
             task = _task(board, event.run_id, event.task_id)

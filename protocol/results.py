@@ -43,6 +43,8 @@ class TaskResult:
     artifacts: list[str] | None = None
     # The task's task.toml keys tbhud does not act on, one line each (null: none).
     warnings: list[str] | None = None
+    # The engine it ran on (engines.toml's name; "local" without the file).
+    engine: str | None = None
 
 
 @attrs.frozen

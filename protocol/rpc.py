@@ -29,7 +29,14 @@ from typing import Any, Literal
 import attrs
 
 from protocol.converter import camel
-from protocol.events import OutputSource, QueueEntry, RunSummary, TBRunStart, TBSuiteInfo
+from protocol.events import (
+    EngineStatus,
+    OutputSource,
+    QueueEntry,
+    RunSummary,
+    TBRunStart,
+    TBSuiteInfo,
+)
 from protocol.results import RunReport, TaskResult
 
 PullPolicy = Literal["missing", "always", "never"]
@@ -274,6 +281,13 @@ class AgentsResult:
 
 
 @attrs.frozen
+class EnginesResult:
+    """`getEngines`: each engine of the pool (engine_status events, as of now)."""
+
+    engines: list[EngineStatus]
+
+
+@attrs.frozen
 class OutputLine:
     text: str
     source: OutputSource
@@ -321,6 +335,7 @@ class TaskState:
     step: int | None = None
     steps_total: int | None = None
     step_name: str | None = None
+    engine: str | None = None  # the Docker engine its container runs on
 
 
 @attrs.frozen
@@ -390,6 +405,7 @@ PARAMS: dict[str, type] = {
     "resumeTBRun": ResumeRunParams,
     "getQueue": NoParams,
     "cancelQueued": RunParams,
+    "getEngines": NoParams,
 }
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -194,6 +197,147 @@ def registry(tmp_path_factory: pytest.TempPathFactory,
                                 f"{(root / 'registry.log').read_text()[-2000:]}")
                 time.sleep(0.1)
         yield Registry(f"127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+# -- a Docker engine of our own, to lose -------------------------------------------------------
+
+
+@attrs.define
+class Dockerd:
+    """A second dockerd with its own socket, data root, exec root and bridge, which a test
+    may kill (-9) and start again; it holds the base image.
+
+    Its own bridge, never `--bridge none`: a dockerd started without a bridge deletes the
+    host's `docker0` (dockerd's removeDefaultBridgeInterface), which the main engine uses."""
+
+    root: Path
+    proc: subprocess.Popen[bytes] | None = None
+    bridge: str = attrs.Factory(lambda: f"tbhudbr{os.getpid() % 100000}")
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.root}/docker.sock"
+
+    def make_bridge(self) -> None:
+        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+        subprocess.run(["ip", "addr", "add", "10.199.0.1/24", "dev", self.bridge], check=True)
+        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+
+    def remove_bridge(self) -> None:
+        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
+
+    def start(self) -> None:
+        log = open(self.root / "dockerd.log", "ab")
+        self.proc = subprocess.Popen(
+            ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
+             "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "pid"),
+             "--bridge", self.bridge, "--iptables=false", "--ip-masq=false"],
+            stdout=log, stderr=log)
+        log.close()
+        deadline = time.monotonic() + 60  # bounded wait for it to answer
+        while True:
+            try:
+                self.client().ping()
+                return
+            except docker.errors.DockerException:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("the second dockerd did not start: "
+                                + (self.root / "dockerd.log").read_text()[-2000:])
+                time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL dockerd and the containerd it started (a new dockerd would wait for it);
+        the containers' shims live on, as they do when an engine dies."""
+        assert self.proc is not None
+        containerd = int((self.root / "exec/containerd/containerd.pid").read_text())
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        os.kill(containerd, signal.SIGKILL)
+        deadline = time.monotonic() + 30  # bounded wait for it to be gone
+        while Path(f"/proc/{containerd}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+    def client(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.url, timeout=30)
+
+
+@pytest.fixture
+def dockerd(docker_client: docker.DockerClient) -> Iterator[Dockerd]:
+    # A short path: a Unix socket's path is limited to ~108 bytes.
+    engine = Dockerd(Path(tempfile.mkdtemp(prefix="tbhud-d2-")))
+    engine.make_bridge()
+    try:
+        engine.start()
+        # named: saved with its tag, so that it loads as tbhud/base:bookworm, not as an id
+        image = b"".join(docker_client.images.get("tbhud/base:bookworm").save(named=True))
+        engine.client().images.load(image)
+        yield engine
+    finally:
+        try:
+            if engine.proc is not None and engine.proc.poll() is not None:
+                engine.start()  # killed by the test: back, to remove what it holds
+            for c in engine.client().containers.list(all=True):
+                c.remove(force=True)
+        finally:
+            engine.stop()
+            engine.remove_bridge()
+            subprocess.run(["umount", "-R", str(engine.root / "data")], capture_output=True)
+            subprocess.run(["rm", "-rf", str(engine.root)], check=True)
+
+
+# -- an ssh server of our own ----------------------------------------------------------------
+
+SSHD = "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def sshd(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """An sshd of our own on a free port; the environment that makes tbhud's ssh use it."""
+    assert Path(SSHD).exists(), "openssh-server is needed (.ci/setup installs it)"
+    box = tmp_path / "sshd"
+    box.mkdir(mode=0o700)
+    for key in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(box / key)],
+                       check=True, timeout=30)
+    (box / "authorized_keys").write_text((box / "client_key.pub").read_text())
+    port = free_port()
+    (box / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {box / 'host_key'}\n"
+        f"PidFile {box / 'sshd.pid'}\nAuthorizedKeysFile {box / 'authorized_keys'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
+    log = open(box / "sshd.log", "wb")
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(box / "sshd_config")],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (box / "sshd.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "sshd did not listen"
+                time.sleep(0.05)
+        yield {"TBHUD_SSH": f"ssh -i {box / 'client_key'} -p {port} -o "
+                            "StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+                            "-o LogLevel=ERROR"}
     finally:
         proc.terminate()
         proc.wait(timeout=30)

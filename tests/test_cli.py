@@ -16,7 +16,8 @@ from tests.conftest import EXAMPLES, make_task, our_containers, run_cli
 SUMMARY_KEYS = {"runId", "suiteName", "passRate", "passed", "failed", "timeout", "error",
                 "totalDurationMs", "tasks"}
 TASK_KEYS = {"taskId", "outcome", "durationMs", "testsPassed", "testsTotal", "reward", "turns",
-             "tokens", "costUsd", "error", "attempt", "tries", "retryable"}
+             "tokens", "costUsd", "error", "attempt", "tries", "retryable",
+             "engine"}  # the engine it ran on: "local" without engines.toml
 
 # What each example task is designed to do under the oracle agent.
 EXPECTED_ORACLE = {
@@ -101,6 +102,7 @@ def test_json_summary_is_one_object_with_nulls_and_exit_status(
     by_id = {t["taskId"]: t for t in summary["tasks"]}
     assert {k for t in summary["tasks"] for k in t} == TASK_KEYS
     assert by_id["good"]["outcome"] == "success" and by_id["bad"]["outcome"] == "failure"
+    assert by_id["good"]["engine"] == by_id["bad"]["engine"] == "local"
     assert by_id["good"]["testsTotal"] is None and by_id["good"]["costUsd"] is None
     assert (summary["passed"], summary["failed"], summary["passRate"]) == (1, 1, 0.5)
 

@@ -299,11 +299,12 @@ async def test_full_run_seen_by_two_clients_with_state_output_and_history(
             assert state["activeRun"]["type"] == "tb_run_start"
             assert state["suite"]["type"] == "tb_suite_info"
             assert [t["taskId"] for t in state["tasks"]] == ["bad", "gated", "ok"]
-            for task in state["tasks"]:
-                assert task.keys() == TASK_KEYS
+            for task in state["tasks"]:  # with a container: the engine it runs on
+                assert task.keys() == TASK_KEYS | ({"engine"} if task["containerId"] else set())
             gated = next(t for t in state["tasks"] if t["taskId"] == "gated")
             assert (gated["status"], gated["phase"]) == ("running", "agent")
             assert gated["containerId"] == start["containerId"]
+            assert gated["engine"] == start["engine"] == "local"
             assert gated["image"] == "tbhud/base:bookworm" and gated["memoryMb"] > 0
             assert isinstance(gated["elapsedMs"], int) and gated["durationMs"] is None
             assert {"text": "waiting", "source": "agent"} in state["recentOutput"]["gated"]

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
@@ -24,7 +20,7 @@ from daemon.serving.process import Daemon
 from daemon.tasks.loader import load
 from protocol.events import TBTaskComplete, TBTaskOutput, TBTaskProgress
 from protocol.rpc import RUN_FAILED
-from tests.conftest import Rig, make_task
+from tests.conftest import Dockerd, Rig, make_task
 from tests.test_daemon import unix_peer
 
 pytestmark = pytest.mark.docker
@@ -92,96 +88,6 @@ async def test_a_fake_bash_or_helper_cannot_fake_the_verdict(rig: Rig, tmp_path:
     assert "HELPER-READ-ONLY" in lines and "HELPER-REPLACED" not in lines
     assert report.tasks[0].outcome == "failure", report.tasks[0].error
     assert report.tasks[0].reward == 0.0
-
-
-# -- a Docker engine of our own, to lose -------------------------------------------------------
-
-
-@attrs.define
-class Dockerd:
-    """A second dockerd with its own socket, data root, exec root and bridge, which a test
-    may kill (-9) and start again; it holds the base image.
-
-    Its own bridge, never `--bridge none`: a dockerd started without a bridge deletes the
-    host's `docker0` (dockerd's removeDefaultBridgeInterface), which the main engine uses."""
-
-    root: Path
-    proc: subprocess.Popen[bytes] | None = None
-    bridge: str = attrs.Factory(lambda: f"tbhudbr{os.getpid() % 100000}")
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.root}/docker.sock"
-
-    def make_bridge(self) -> None:
-        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
-        subprocess.run(["ip", "addr", "add", "10.199.0.1/24", "dev", self.bridge], check=True)
-        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
-
-    def remove_bridge(self) -> None:
-        subprocess.run(["ip", "link", "delete", self.bridge], capture_output=True)
-
-    def start(self) -> None:
-        log = open(self.root / "dockerd.log", "ab")
-        self.proc = subprocess.Popen(
-            ["dockerd", "--host", self.url, "--data-root", str(self.root / "data"),
-             "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "pid"),
-             "--bridge", self.bridge, "--iptables=false", "--ip-masq=false"],
-            stdout=log, stderr=log)
-        log.close()
-        deadline = time.monotonic() + 60  # bounded wait for it to answer
-        while True:
-            try:
-                self.client().ping()
-                return
-            except docker.errors.DockerException:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the second dockerd did not start: "
-                                + (self.root / "dockerd.log").read_text()[-2000:])
-                time.sleep(0.1)
-
-    def kill(self) -> None:
-        """SIGKILL dockerd and the containerd it started (a new dockerd would wait for it);
-        the containers' shims live on, as they do when an engine dies."""
-        assert self.proc is not None
-        containerd = int((self.root / "exec/containerd/containerd.pid").read_text())
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        os.kill(containerd, signal.SIGKILL)
-        deadline = time.monotonic() + 30  # bounded wait for it to be gone
-        while Path(f"/proc/{containerd}").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=60)
-
-    def client(self) -> docker.DockerClient:
-        return docker.DockerClient(base_url=self.url, timeout=30)
-
-
-@pytest.fixture
-def dockerd(docker_client: docker.DockerClient) -> Iterator[Dockerd]:
-    # A short path: a Unix socket's path is limited to ~108 bytes.
-    engine = Dockerd(Path(tempfile.mkdtemp(prefix="tbhud-d2-")))
-    engine.make_bridge()
-    try:
-        engine.start()
-        image = b"".join(docker_client.images.get("tbhud/base:bookworm").save())
-        engine.client().images.load(image)
-        yield engine
-    finally:
-        try:
-            if engine.proc is not None and engine.proc.poll() is not None:
-                engine.start()  # killed by the test: back, to remove what it holds
-            for c in engine.client().containers.list(all=True):
-                c.remove(force=True)
-        finally:
-            engine.stop()
-            engine.remove_bridge()
-            subprocess.run(["umount", "-R", str(engine.root / "data")], capture_output=True)
-            subprocess.run(["rm", "-rf", str(engine.root)], check=True)
 
 
 def offline_task(root: Path, name: str) -> Path:

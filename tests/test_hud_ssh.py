@@ -9,11 +9,8 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,54 +19,6 @@ from tests.conftest import ROOT, make_task
 from tests.test_hud_tmux import PASS_TEST, TBHUD, Tmux, save
 
 pytestmark = pytest.mark.docker
-
-SSHD = "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def sshd(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """An sshd of our own on a free port; the environment that makes tbhud's ssh use it."""
-    assert Path(SSHD).exists(), "openssh-server is needed (.ci/setup installs it)"
-    box = tmp_path / "sshd"
-    box.mkdir(mode=0o700)
-    for key in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(box / key)],
-                       check=True, timeout=30)
-    (box / "authorized_keys").write_text((box / "client_key.pub").read_text())
-    port = free_port()
-    (box / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {box / 'host_key'}\n"
-        f"PidFile {box / 'sshd.pid'}\nAuthorizedKeysFile {box / 'authorized_keys'}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "PermitRootLogin prohibit-password\nUsePAM no\nStrictModes no\n")
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation dir
-    log = open(box / "sshd.log", "wb")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(box / "sshd_config")],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (box / "sshd.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "sshd did not listen"
-                time.sleep(0.05)
-        yield {"TBHUD_SSH": f"ssh -i {box / 'client_key'} -p {port} -o "
-                            "StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
-                            "-o LogLevel=ERROR"}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-
 
 def test_hud_and_commands_over_ssh(home: Path, tmp_path: Path, sshd: dict[str, str]) -> None:
     assert shutil.which("tmux"), "tmux is needed for the real-terminal test"

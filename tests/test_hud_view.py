@@ -137,6 +137,16 @@ def test_a_removed_containers_figures_are_the_last_seen() -> None:
     assert lines[2][0][0] == "class:dim"
 
 
+def test_the_container_panel_names_the_engine_before_a_long_image() -> None:
+    state = HudState()
+    feed(state, wire.suite_info("a"), wire.run_start("a"), wire.task_start("a", 0, 1),
+         {"type": "container_start", "runId": "tb-20250101-000000-abcdef", "taskId": "a",
+          "containerId": "c" * 64, "image": "registry.example/" + "x" * 60, "cpus": 1,
+          "memoryMb": 512, "engine": "two"})
+    first = text(container_lines(state, 40)[0])
+    assert first.startswith("engine two  image registry.example/") and len(first) <= 40
+
+
 def test_a_lost_daemon_is_said_in_words_with_the_retry() -> None:
     clock = Clock()
     state = HudState(clock=clock)

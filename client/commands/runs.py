@@ -90,8 +90,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="shorthand for -o max_turns=N (agents that take one)")
     p.add_argument("--no-testgen", action="store_true",
                    help="shorthand for -o testgen=false (agents that take one)")
-    p.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY,
-                   help=f"tasks run side by side (default {DEFAULT_CONCURRENCY})")
+    p.add_argument("--concurrency", type=positive_int,
+                   help="tasks run side by side (default: the engines' slots, "
+                   f"{DEFAULT_CONCURRENCY} on the local engine alone)")
     add_pull_option(p, default="missing")
     p.add_argument("--emit-to", action="append", default=[], metavar="ws://HOST:PORT",
                    help="also push this run's HUD messages to a HUD server that listens "
@@ -115,8 +116,9 @@ def task_ids(args: argparse.Namespace) -> list[str] | None:
 
 # -- run -------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    # A running daemon takes the run, so that attached HUDs see it; else run in-process.
-    report = run_via_daemon(args)
+    # A running daemon takes the run, so that attached HUDs see it; else run in-process
+    # (always with --engines: a daemon's engines are those it started with).
+    report = None if args.engines else run_via_daemon(args)
     if report is None:
         from client.local_run import run_locally  # the engine, in this process
 
@@ -155,9 +157,10 @@ def start_params(args: argparse.Namespace) -> dict[str, Any]:
     """startTBRun params from the run options."""
     params: dict[str, Any] = {
         "suitePath": daemon_path(args, args.path), "agent": args.agent,
-        "concurrency": args.concurrency, "timeoutMultiplier": args.timeout_multiplier,
+        "timeoutMultiplier": args.timeout_multiplier,
         "pull": args.pull, "attempts": args.attempts, "retries": args.retries}
-    optional = {"taskIds": task_ids(args), "emitTo": args.emit_to or None,
+    optional = {"taskIds": task_ids(args), "concurrency": args.concurrency,
+                "emitTo": args.emit_to or None,
                 "emitToken": args.emit_token, "agentOptions": agent_options(args) or None,
                 "agentCommand": args.agent_command, "model": args.model,
                 "maxTurns": args.max_turns, "image": args.image,
@@ -320,6 +323,9 @@ def register(sub: Any) -> None:
     add_daemon_options(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("-v", "--verbose", action="store_true", help="also print task output")
+    p.add_argument("--engines", metavar="FILE",
+                   help="run in this process over the Docker engines of FILE (engines.toml;"
+                   " default: the data directory's engines.toml, else the local engine)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("start", help="start a run in the daemon; prints its id")

@@ -401,7 +401,10 @@ def container_lines(state: HudState, width: int) -> list[StyleAndTextTuples]:
     # A removed container's figures are the last ones seen, not live ones.
     usage = ("class:dim", fit(f"last seen: cpu {cpu}  mem {use_mem}", width)) if box.stopped \
         else ("", fit(f"cpu {cpu}  mem {use_mem}", width))
-    return [[("", fit(f"image {box.image}", width))],
+    # The engine first: a long image name is cut at the right, the engine stays. The local
+    # engine alone (no engines.toml) is no news: not shown.
+    where = f"engine {box.engine}  " if box.engine not in (None, "local") else ""
+    return [[("", fit(f"{where}image {box.image}", width))],
             [("", fit(f"id {box.container_id[:12]}{state_note}  {cpus}, {mem}", width))],
             [usage]]
 

@@ -1,6 +1,6 @@
 """Run engine: runs a suite's tasks in sandboxes and reports everything as protocol events.
 
-    engine = Engine(store, emit, sandboxes)   # sandboxes: a daemon.sandbox.SandboxProvider
+    engine = Engine(store, emit, sandboxes)   # a SandboxProvider, or a SandboxPool of them
     report = await engine.run(suite, tasks, RunConfig(...))   # nursery.start() gives the run id
 
 One task, one sandbox (a container): setup (image, sandbox, files) -> agent -> verification
@@ -30,10 +30,11 @@ import trio
 from daemon.agents import Agent, prepare_agent
 from daemon.engine.task import TaskRun, _ms, complete_event
 from daemon.sandbox import SandboxProvider
+from daemon.sandbox.pool import Member, SandboxPool
 from daemon.store import Store, now_iso
 from daemon.tasks.model import Suite, TaskSpec
 from protocol import Event, RunReport
-from protocol.events import TBRunComplete, TBRunStart
+from protocol.events import EngineStatus, TBRunComplete, TBRunStart
 from protocol.results import TaskResult
 from protocol.rpc import DEFAULT_CONCURRENCY, DEFAULT_RETRIES, PULL_POLICIES, PullPolicy
 
@@ -98,10 +99,13 @@ class _Run:
 
 class Engine:
     def __init__(self, store: Store, emit: Callable[[Event], None],
-                 sandboxes: SandboxProvider) -> None:
+                 sandboxes: SandboxProvider | SandboxPool) -> None:
         self.store = store
         self.emit = emit
         self.sandboxes = sandboxes
+        # Where each try runs: one engine alone is a pool of one, the same code.
+        self.pool = sandboxes if isinstance(sandboxes, SandboxPool) else SandboxPool.of(sandboxes)
+        self.pool.on_status = lambda member: self.emit(engine_status(member))
         self.runs: dict[str, _Run] = {}
 
     # -- steering --------------------------------------------------------------------------
@@ -166,7 +170,8 @@ class Engine:
         started = time.monotonic()
         # Slots are taken in suite order before each task is spawned, so tasks start in the
         # order given (trio does not promise FIFO among tasks waiting on a limiter).
-        slots = trio.Semaphore(config.concurrency)
+        # No more than the engines' slots: a task that gets a slot here finds an engine free.
+        slots = trio.Semaphore(min(config.concurrency, self.pool.capacity))
         finished = False
         try:
             async with trio.open_nursery() as nursery:
@@ -211,9 +216,13 @@ class Engine:
                         return
                     scope = run.task_scopes[task.id] = trio.CancelScope()
                     can_retry = tries < first + config.retries
-                    result = await TaskRun(self, run.run_id, agent, task, index, total,
-                                           config, scope, attempt=attempt, tries=tries,
-                                           can_retry=can_retry).run()
+                    async with self.pool.place() as member:
+                        trial = TaskRun(self, run.run_id, agent, task, index, total, config,
+                                        scope, attempt=attempt, tries=tries,
+                                        can_retry=can_retry, member=member)
+                        result = await trial.run()
+                        if trial.lost:  # before its slot is free: no task goes there now
+                            self.pool.lost(member, result.error or "lost")
                     if not (result.retryable and can_retry):
                         break
                     scope = run.task_scopes[task.id] = trio.CancelScope()
@@ -222,3 +231,9 @@ class Engine:
         finally:
             run.task_scopes.pop(task.id, None)
             slots.release()
+
+
+def engine_status(member: Member) -> EngineStatus:
+    return EngineStatus(name=member.name, url=member.url, health=member.health,
+                        slots=member.slots, running=member.running, version=member.version,
+                        error=member.error)

@@ -19,8 +19,8 @@ from daemon.engine.logs import CappedLog, Tail
 from daemon.engine.separate import open_verifier
 from daemon.engine.steps import collect_artifacts, run_steps
 from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward, read_rewards
-from daemon.sandbox import Sandbox, SandboxError, Stats
-from daemon.sandbox.base import CopiedFiles
+from daemon.sandbox import Sandbox, SandboxError, SandboxProvider, Stats
+from daemon.sandbox.base import CopiedFiles, EngineLost
 from daemon.tasks.model import NetworkPolicy, TaskSpec
 from protocol import TaskResult
 from protocol.events import (
@@ -37,6 +37,7 @@ from protocol.events import (
 
 if TYPE_CHECKING:
     from daemon.engine.run import Engine, RunConfig
+    from daemon.sandbox.pool import Member
 
 log = logging.getLogger("tbhud.engine")
 
@@ -90,14 +91,16 @@ class TaskRun:
 
     def __init__(self, engine: Engine, run_id: str, agent: Any, task: TaskSpec, index: int,
                  total: int, config: RunConfig, scope: trio.CancelScope, *, attempt: int = 1,
-                 tries: int = 1, can_retry: bool = False) -> None:
+                 tries: int = 1, can_retry: bool = False, member: Member) -> None:
         self.engine, self.run_id, self.agent, self.task = engine, run_id, agent, task
         self.index, self.total, self.config, self.scope = index, total, config, scope
         # Attempt N of config.attempts, its try number, whether a retryable error gets
         # another try (then this try's result is not the attempt's last word).
         self.attempt, self.tries, self.can_retry = attempt, tries, can_retry
         self.emit = engine.emit
-        self.sandboxes = engine.sandboxes
+        # The engine of the pool this try runs on; `lost`: it stopped answering.
+        self.member = member
+        self.lost = False
         self.dir = engine.store.task_dir(run_id, task.id, attempt)
         self.started = time.monotonic()
         self.phase: Phase = "setup"
@@ -118,6 +121,10 @@ class TaskRun:
         # write them where the verifier prints them. Every text out of the sandbox is masked.
         env = host_env(agent.needs)
         self.secrets = [env[n] for n in agent.needs.credentials if n in env]
+
+    @property
+    def sandboxes(self) -> SandboxProvider:
+        return self.member.ready
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -168,7 +175,7 @@ class TaskRun:
                               category=task.category, difficulty=task.difficulty,  # type: ignore[arg-type]
                               task_index=self.index, total_tasks=self.total,
                               attempt=self.attempt, attempts=self.config.attempts,
-                              tries=self.tries))
+                              tries=self.tries, engine=self.member.name))
         if self.config.attempts > 1 or self.tries > 1:
             self.system(f"attempt {self.attempt}/{self.config.attempts}, try {self.tries}")
         for warning in task.warnings:
@@ -182,7 +189,11 @@ class TaskRun:
                 result = self._result("error", error="stopped")
         except* (SandboxError, AgentError) as group:
             failure = group.exceptions[0]
-            result = self._result("error", error=str(failure),
+            error = str(failure)
+            if isinstance(failure, EngineLost):
+                self.lost = True
+                error = self.engine.pool.lost_text(self.member, error)
+            result = self._result("error", error=error,
                                   agent=failure.result if isinstance(failure, AgentError)
                                   else None, retryable=failure.retryable)
         except* Exception as group:  # a crashed step fails its task, never the run
@@ -210,7 +221,8 @@ class TaskRun:
                                                              mounts=self.agent.mounts())
         env = task.environment
         self.emit(ContainerStart(run_id=self.run_id, task_id=task.id, container_id=sandbox.id,
-                                 image=image, cpus=env.cpus, memory_mb=env.memory_mb))
+                                 image=image, cpus=env.cpus, memory_mb=env.memory_mb,
+                                 engine=self.member.name))
         async with trio.open_nursery() as nursery:
             if self.config.container_stats:
                 nursery.start_soon(sandbox.stats, self._on_stats)
@@ -375,7 +387,8 @@ class TaskRun:
                           tokens=agent.tokens, cost_usd=agent.cost_usd, error=error,
                           attempt=self.attempt, tries=self.tries, retryable=retryable,
                           agent_version=agent.version, rewards=rewards,
-                          warnings=list(self.task.warnings) or None)
+                          warnings=list(self.task.warnings) or None,
+                          engine=self.member.name)
 
     async def _teardown(self, *, kill_first: bool) -> None:
         """Remove the sandboxes: the task's, and a separate verifier's."""

@@ -192,3 +192,7 @@ class SandboxProvider(abc.ABC):
         """Remove this instance's sandboxes whose owning process is gone (a daemon or a
         `tbhud run` that was killed), and those that name this process as their owner (a pid
         reused): call it before this process creates any. The run ids they belonged to."""
+
+    async def version(self) -> str | None:
+        """The engine's version, shown by `tbhud engines` (None: it does not say)."""
+        return None

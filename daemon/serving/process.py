@@ -183,6 +183,8 @@ class Options:
     emit_to: tuple[str, ...] = ()
     emit_token: str | None = None
     resume_interrupted: bool = False  # resume the runs a previous life left unfinished
+    # engines.toml (--engines); None: the data directory's, else the local engine alone.
+    engines: str | None = None
 
     def address(self) -> tuple[str, int] | None:
         """(host, port) to serve WebSocket on, or None. Refuses a non-loopback address
@@ -235,7 +237,7 @@ async def run_daemon(options: Options, *,
         store = Store(data_dir())
         try:
             async with trio.open_nursery() as nursery:
-                service = Service(store, Hub(), nursery)
+                service = Service(store, Hub(), nursery, engines=options.engines)
                 for url in options.emit_to:
                     await service.emitters.add(Emitter(url, options.emit_token))
                 await service.recover(resume_interrupted=options.resume_interrupted)
@@ -342,6 +344,8 @@ def start_background(options: Options) -> tuple[Status, bool]:
         cmd += ["--emit-to", url]
     if options.resume_interrupted:
         cmd.append("--resume-interrupted")
+    if options.engines:
+        cmd += ["--engines", str(Path(options.engines).resolve())]
     env = dict(os.environ)
     if options.emit_token:  # in the environment, not on the command line `ps` shows
         env[EMIT_TOKEN_ENV] = options.emit_token

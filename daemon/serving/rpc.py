@@ -28,6 +28,7 @@ from protocol.rpc import (
     PARSE_ERROR,
     AgentsResult,
     CancelledResult,
+    EnginesResult,
     HistoryResult,
     QueueResult,
     RpcError,
@@ -127,6 +128,10 @@ async def _resume(service: Service, _: Outbox, p: Any) -> StartRunResult:
     return await service.resume_run(p)
 
 
+async def _engines(service: Service, _: Outbox, __: Any) -> EnginesResult:
+    return EnginesResult(engines=await service.engines())
+
+
 def _sync(fn: Callable[[Service, Any], Any]) -> Callable[[Service, Outbox, Any],
                                                         Awaitable[Any]]:
     async def method(service: Service, _: Outbox, params: Any) -> Any:
@@ -154,5 +159,6 @@ METHODS: dict[str, Callable[[Service, Outbox, Any], Awaitable[Any]]] = {
     "resumeTBRun": _resume,
     "getQueue": _sync(lambda s, p: QueueResult(runs=s.store.queue())),
     "cancelQueued": _sync(lambda s, p: CancelledResult(cancelled=s.cancel_queued(p.run_id))),
+    "getEngines": _engines,
 }
 assert METHODS.keys() == PARAMS.keys()

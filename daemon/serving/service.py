@@ -25,12 +25,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from importlib import metadata
 from pathlib import Path
 
+import attrs
 import trio
 
 from daemon.agents import Agent, OptionError, prepare_agent, resolve_options
 from daemon.agents.base import AgentError
-from daemon.engine.run import RETRY_BACKOFF_SEC, Engine, RunConfig, new_run_id
-from daemon.sandbox import SandboxError, SandboxProvider, open_local
+from daemon.engine.run import RETRY_BACKOFF_SEC, Engine, RunConfig, engine_status, new_run_id
+from daemon.sandbox import SandboxError, SandboxProvider, open_pool
+from daemon.sandbox.pool import SandboxPool
 from daemon.serving.emitter import Emitter, Emitters
 from daemon.serving.hub import Hub
 from daemon.serving.runners import Runners
@@ -39,6 +41,7 @@ from daemon.tasks.loader import load
 from daemon.tasks.model import LoadError, Suite, TaskSpec
 from protocol import Event, ProtocolError, RunReport, converter, fold, structure
 from protocol.events import (
+    EngineStatus,
     ErrorEvent,
     OutputSource,
     RunQueue,
@@ -99,6 +102,7 @@ def _task_state(task: fold.Task, now: float) -> TaskState:
         cpu_percent=box and box.cpu_percent, memory_bytes=box and box.memory_bytes,
         error=task.error, detail=task.detail, percent=task.percent, step=task.step,
         steps_total=task.steps_total, step_name=task.step_name,
+        engine=box and box.engine,
         # Only for K > 1 attempts: with one, the status says it all.
         **({"attempt": task.attempt, "attempts": task.attempts,
             "outcomes": list(task.outcomes)} if (task.attempts or 1) > 1 else {}))
@@ -106,12 +110,13 @@ def _task_state(task: fold.Task, now: float) -> TaskState:
 
 class Service:
     def __init__(self, store: Store, hub: Hub, nursery: trio.Nursery, *,
-                 open_sandboxes: Callable[[Path], Awaitable[SandboxProvider]] = open_local,
-                 ) -> None:
+                 open_sandboxes: Callable[[Path], Awaitable[SandboxProvider | SandboxPool]]
+                 | None = None, engines: str | None = None) -> None:
         self.store = store
         self.hub = hub
         self.nursery = nursery  # the daemon's: runs live here, not in a connection
-        self.open_sandboxes = open_sandboxes
+        self.open_sandboxes = open_sandboxes or functools.partial(
+            open_pool, engines=Path(engines) if engines else None)
         self.engine: Engine | None = None
         self.version = version()
         self.current: str | None = None  # the run id from startTBRun until it is stored
@@ -198,7 +203,17 @@ class Service:
                 log.info("removed %d orphaned container(s) of run(s) %s", len(removed),
                          ", ".join(sorted(set(removed))))
             self.engine = Engine(self.store, self.on_event, sandboxes)
+            # Lost engines come back, up ones that go silent are marked down, between runs too.
+            await self.nursery.start(self.engine.pool.watch)
         return self.engine
+
+    async def engines(self) -> list[EngineStatus]:
+        """`getEngines`: each engine as of now (a lost local engine: none answers)."""
+        try:
+            engine = await self._engine()
+        except SandboxError as exc:
+            raise RpcError(RUN_FAILED, str(exc)) from exc
+        return [engine_status(m) for m in engine.pool.members]
 
     # -- events: engine -> state -> hub ------------------------------------------------------
 
@@ -258,6 +273,8 @@ class Service:
             suite = await self.load_suite(p.suite_path, p.image, p.task_ids)
             tasks = _select(suite, p.task_ids)
             engine = await self._ready_engine()
+            if p.concurrency is None:  # as many as the engines' slots
+                config = attrs.evolve(config, concurrency=engine.pool.capacity)
             agent = await _prepare(config)
             for url in p.emit_to or ():
                 await self.emitters.add(Emitter(url, p.emit_token), run_id=run_id)
@@ -331,7 +348,7 @@ class Service:
     async def _ready_engine(self) -> Engine:
         try:
             engine = await self._engine()
-            await engine.sandboxes.check()  # a lost engine refuses the run up front
+            await engine.pool.check()  # no engine answering refuses the run up front
         except SandboxError as exc:
             raise RpcError(RUN_FAILED, str(exc)) from exc
         return engine

@@ -114,6 +114,11 @@ class ComposeProject:
         """Compose's stdout; a SandboxError `what: <its output>` when it fails or runs past
         `limit` seconds (then it is killed: trio's run_process ends it on cancel)."""
         env = {k: v for k, v in os.environ.items() if k in DOCKER_VARS}
+        engine_env = self.provider.compose_env
+        if engine_env is None:
+            raise SandboxError("compose tasks are not supported on a tcp:// engine with TLS "
+                               "(Compose reads certificates by directory, not by path)")
+        env.update(engine_env)  # an engine of engines.toml: Compose must talk to that one
         env.update(self.variables)
         with trio.move_on_after(limit) as clock:
             done = await trio.run_process(self._argv(*args, with_files=with_files),

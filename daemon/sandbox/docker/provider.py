@@ -45,6 +45,7 @@ from daemon.sandbox.docker.errors import DOCKER_FAILURES, failure
 from daemon.sandbox.docker.helper import HELPER_DIR, KEEPER, helper_dir
 from daemon.sandbox.docker.sandbox import DockerSandbox
 from daemon.sandbox.docker.streams import hang_up, pump
+from daemon.sandbox.engines import EngineSpec, connect_engine
 from daemon.tasks.model import BASE_IMAGE, DEFAULT_WORKDIR, TaskSpec
 from protocol.rpc import PullPolicy
 
@@ -117,12 +118,37 @@ class DockerSandboxes(SandboxProvider):
         # Containers whose removal failed (the engine was lost): removed once it answers.
         self.unremoved: set[str] = set()
         self.unremoved_projects: set[str] = set()  # the same for compose projects
+        # The other engines of a pool (engines.toml): one that lacks the base image gets it
+        # from one of them.
+        self.peers: list[DockerSandboxes] = []
+        # What Docker Compose's environment needs to reach this engine beyond the daemon's
+        # own (DOCKER_HOST for an engine of engines.toml); None: Compose cannot reach it.
+        self.compose_env: dict[str, str] | None = {}
 
     @classmethod
     async def open(cls, home: Path) -> DockerSandboxes:
         """The local engine for the data directory `home` (connecting in a thread)."""
         client = await trio.to_thread.run_sync(connect)
         return cls(client, instance=instance_name(home))
+
+    @classmethod
+    async def open_engine(cls, spec: EngineSpec, home: Path,
+                          peers: list[DockerSandboxes]) -> DockerSandboxes:
+        """An engine of engines.toml (connecting in a thread), one of `peers` from now on."""
+        try:
+            client = await trio.to_thread.run_sync(connect_engine, spec, API_TIMEOUT_SEC)
+        except DOCKER_FAILURES as exc:
+            raise failure(f"cannot reach {spec.public_url}", exc) from exc
+        sandboxes = cls(client, instance=instance_name(home))
+        tls = spec.tls_ca or spec.tls_cert or spec.tls_key
+        sandboxes.compose_env = None if tls else {"DOCKER_HOST": spec.url}
+        sandboxes.peers = peers
+        peers.append(sandboxes)
+        return sandboxes
+
+    async def version(self) -> str | None:
+        info = await self.call("cannot ask the engine its version", self.client.version)
+        return str(info.get("Version")) if info.get("Version") else None
 
     async def call(self, what: str, fn: Callable[..., T], *args: Any,
                    limit: float = CALL_TIMEOUT_SEC, **kwargs: Any) -> T:
@@ -161,9 +187,17 @@ class DockerSandboxes(SandboxProvider):
         return await self.call(f"cannot look up the image {name}", exists)
 
     async def ensure_base_image(self, log: Log) -> None:
+        async with self.image_locks.setdefault(BASE_IMAGE, trio.Lock()):  # once per engine
+            await self._ensure_base_image(log)
+
+    async def _ensure_base_image(self, log: Log) -> None:
         from daemon.sandbox.docker.baseimage import BaseImageError, ensure_base_image
 
         if not await self.image_exists(BASE_IMAGE):
+            for peer in self.peers:
+                if peer is not self and await peer.image_exists(BASE_IMAGE):
+                    await self._copy_image(peer, BASE_IMAGE, log)
+                    return
             log(f"building the base image {BASE_IMAGE} from Debian packages (once)")
             token = trio.lowlevel.current_trio_token()
             try:
@@ -171,6 +205,15 @@ class DockerSandboxes(SandboxProvider):
                                 log=lambda m: trio.from_thread.run_sync(log, m, trio_token=token))
             except BaseImageError as exc:
                 raise SandboxError(str(exc)) from exc
+
+    async def _copy_image(self, source: DockerSandboxes, name: str, log: Log) -> None:
+        """`docker save | docker load` from another engine, streamed (never whole in memory)."""
+        log(f"copying {name} from another engine")
+
+        def copy() -> None:
+            self.client.images.load(source.client.api.get_image(name, chunk_size=1 << 20))
+
+        await self.call(f"cannot copy the image {name}", copy, limit=30 * 60)
 
     async def prepare_image(self, task: TaskSpec, log: Log, *, run_id: str,
                             timeout_multiplier: float = 1.0, pull: PullPolicy = "missing",
@@ -332,8 +375,11 @@ class DockerSandboxes(SandboxProvider):
         if mounts:  # bind mounts: the host's file itself, no copy per container
             kwargs["mounts"] = [docker.types.Mount(m.target, str(m.source), type="bind",
                                                    read_only=True) for m in mounts]
-        container = await self.call("cannot create the container",
-                                    self.client.containers.create, image, **kwargs)
+        # Shielded: a stop that came while the engine made it would abandon the call and
+        # leave a container nobody knows of (the call is bounded by CALL_TIMEOUT_SEC).
+        with trio.CancelScope(shield=True):
+            container = await self.call("cannot create the container",
+                                        self.client.containers.create, image, **kwargs)
         sandbox = DockerSandbox(self, container.id, image, workdir, labels=kwargs["labels"])
         try:
             try:
