@@ -415,3 +415,33 @@ def test_a_separate_verifier_for_a_multi_step_task_is_refused_naming_the_key(
     field = "verifier.environment_mode" if where == "task" else \
         "steps[0].verifier.environment_mode"
     assert caught.value.field == field and "multi-step" in caught.value.message
+
+
+async def test_a_steps_healthcheck_gates_its_agent(rig: Rig, tmp_path: Path):
+    check = """\
+        [steps.healthcheck]
+        command = "test -f /tmp/{file}"
+        interval_sec = 0.2
+        start_interval_sec = 0.2
+        timeout_sec = 5
+        retries = 2
+        """
+    make_steps_task(tmp_path / "ds", "healthy", {
+        "one": {"solve": "touch /tmp/ready\n", "test": PASS},
+        "two": {"toml": check.format(file="ready"), "solve": "touch /tmp/two-ran\n",
+                "test": "[ -f /tmp/two-ran ] && echo 1 > /logs/verifier/reward.txt\n"},
+    })
+    make_steps_task(tmp_path / "ds", "sick", {
+        "one": {"solve": "true\n", "test": PASS},
+        "two": {"toml": check.format(file="never"), "solve": "touch /tmp/two-ran\n",
+                "test": PASS},
+    })
+    suite = load(tmp_path / "ds")
+    with trio.fail_after(LIMIT):
+        report = await rig.engine.run(suite, list(suite.tasks), RunConfig(concurrency=2))
+    results = {r.task_id: r for r in report.tasks}
+    assert results["healthy"].outcome == "success", results["healthy"].error
+    sick = results["sick"]
+    assert sick.outcome == "error" and sick.error is not None
+    assert "step 2/2 (two): healthcheck failed" in sick.error
+    assert [s.outcome for s in sick.steps or []] == ["success", "error"]

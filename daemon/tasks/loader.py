@@ -257,6 +257,7 @@ class _Step:
     verifier: _StepVerifier = attrs.Factory(_StepVerifier)
     min_reward: _MinReward = None
     artifacts: list[_ArtifactEntry] = attrs.Factory(list)
+    healthcheck: _HealthcheckSection | None = None
 
 
 @attrs.define(kw_only=True)
@@ -521,6 +522,7 @@ def _load_steps(config: _TaskToml, root: Path, task_dir: Path, shown: str,
             artifacts=_artifacts(step.artifacts, toml_file, f"{at}.artifacts"),
             agent_network=_step_network(step.agent, f"{at}.agent", toml_file),
             verifier_network=_step_network(step.verifier, f"{at}.verifier", toml_file),
+            healthcheck=_healthcheck(step.healthcheck, toml_file, f"{at}.healthcheck"),
         ))
     return tuple(steps)
 

@@ -134,6 +134,8 @@ class StepSpec:
     # `[steps.agent]` / `[steps.verifier]` network_mode for this step; None: the task's.
     agent_network: NetworkPolicy | None = None
     verifier_network: NetworkPolicy | None = None
+    # `[steps.healthcheck]`: passed after the step's setup.sh, before its agent starts.
+    healthcheck: Healthcheck | None = None
 
 
 @attrs.frozen
