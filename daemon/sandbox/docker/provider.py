@@ -383,7 +383,8 @@ class DockerSandboxes(SandboxProvider):
         sandbox = DockerSandbox(self, container.id, image, workdir, labels=kwargs["labels"])
         try:
             try:
-                await sandbox.set_network(env.network)
+                if env.network.mode != "public":  # created on the default bridge already
+                    await sandbox.set_network(env.network)
             except SandboxError as exc:
                 raise SandboxError(f"{env.network.key} = {env.network.mode!r} cannot be "
                                    f"enforced: {exc}", retryable=exc.retryable) from exc
