@@ -20,12 +20,13 @@ import docker
 import pytest
 import trio
 
-from daemon.engine.run import Engine
+from daemon.engine.run import Engine, RunConfig
 from daemon.sandbox.docker import DockerSandboxes, instance_name
 from daemon.sandbox.docker.provider import LABEL
 from daemon.serving.process import Daemon, Options, run_daemon
 from daemon.store import Store
-from protocol import Event
+from daemon.tasks.model import Suite
+from protocol import Event, RunReport
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -102,6 +103,19 @@ class Rig:
 
     def of_type(self, cls: type) -> list:
         return [e for e in self.events if isinstance(e, cls)]
+
+    async def start_run(self, nursery: trio.Nursery, suite: Suite,
+                        config: RunConfig | None = None) -> tuple[str, dict[str, RunReport]]:
+        """Start a run of all `suite`'s tasks in `nursery`: its id, and a dict whose "report"
+        the run sets when it ends (for tests that stop or break it meanwhile)."""
+        holder: dict[str, RunReport] = {}
+
+        async def go(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+            holder["report"] = await self.engine.run(suite, list(suite.tasks),
+                                                     config or RunConfig(),
+                                                     task_status=task_status)
+
+        return await nursery.start(go), holder
 
     def containers(self) -> list[str]:
         return our_containers(self.client, self.home)

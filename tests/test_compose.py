@@ -138,14 +138,9 @@ async def test_a_failing_sidecar_healthcheck_is_an_error_with_its_output(rig: Ri
 
 async def test_stop_mid_agent_takes_the_whole_project_down(rig: Rig, tmp_path: Path):
     suite = load(compose_task(tmp_path, "stopped-sidecar"))
-    holder = {}
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
-            async def go(task_status=trio.TASK_STATUS_IGNORED):
-                holder["report"] = await rig.engine.run(suite, list(suite.tasks), RunConfig(),
-                                                        task_status=task_status)
-
-            run_id = await nursery.start(go)
+            run_id, holder = await rig.start_run(nursery, suite)
             await rig.wait_for(lambda e: isinstance(e, TBTaskProgress) and e.phase == "agent")
             # The task's container is the `main` service, made as every task container is.
             start = rig.of_type(ContainerStart)[0]

@@ -234,13 +234,7 @@ async def test_stop_run_mid_task_records_stopped_and_leaves_no_container(rig: Ri
     suite = load(task)
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
-            holder = {}
-
-            async def go(task_status=trio.TASK_STATUS_IGNORED):
-                holder["report"] = await rig.engine.run(suite, list(suite.tasks), RunConfig(),
-                                                        task_status=task_status)
-
-            run_id = await nursery.start(go)
+            run_id, holder = await rig.start_run(nursery, suite)
             # Wait until the agent phase really runs in a container.
             await rig.wait_for(lambda e: isinstance(e, TBTaskProgress) and e.phase == "agent")
             assert rig.containers()

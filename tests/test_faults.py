@@ -40,16 +40,10 @@ async def test_a_stop_under_an_output_flood_ends_the_task_and_its_container(rig:
                                                                             tmp_path: Path):
     task = make_task(tmp_path, "flood", test="echo 1 > /logs/verifier/reward.txt\n")
     suite = load(task)
-    holder = {}
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
-            async def go(task_status=trio.TASK_STATUS_IGNORED):
-                holder["report"] = await rig.engine.run(
-                    suite, list(suite.tasks),
-                    RunConfig(agent="command", agent_options={"command": FLOOD}),
-                    task_status=task_status)
-
-            run_id = await nursery.start(go)
+            run_id, holder = await rig.start_run(
+                nursery, suite, RunConfig(agent="command", agent_options={"command": FLOOD}))
             await rig.wait_for(lambda e: isinstance(e, TBTaskOutput) and e.source == "agent")
             assert rig.engine.stop_run(run_id)
     report = holder["report"]
@@ -106,14 +100,9 @@ async def test_a_lost_engine_ends_every_task_with_a_result_and_its_containers_go
     rig = Rig(home, dockerd.client())
     suite = load(tmp_path / "suite")
     config = RunConfig(agent="command", agent_options={"command": "sleep 300"}, concurrency=2)
-    holder = {}
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
-            async def go(task_status=trio.TASK_STATUS_IGNORED):
-                holder["report"] = await rig.engine.run(suite, list(suite.tasks), config,
-                                                        task_status=task_status)
-
-            await nursery.start(go)
+            _, holder = await rig.start_run(nursery, suite, config)
             for name in ("lost-1", "lost-2"):
                 await rig.wait_for(lambda e, n=name: isinstance(e, TBTaskProgress)
                                    and e.task_id == n and e.phase == "agent")

@@ -208,14 +208,9 @@ async def test_a_stopped_allowlist_task_leaves_no_proxy_or_network(
                           f'allowed_hosts = ["{servers.allowed}"]\n',
                      solve="sleep 300\n", test="echo 1 > /logs/verifier/reward.txt\n")
     suite = load(task)
-    holder = {}
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
-            async def go(task_status=trio.TASK_STATUS_IGNORED):
-                holder["report"] = await rig.engine.run(suite, list(suite.tasks), RunConfig(),
-                                                        task_status=task_status)
-
-            run_id = await nursery.start(go)
+            run_id, holder = await rig.start_run(nursery, suite)
             await rig.wait_for(lambda e: isinstance(e, TBTaskProgress) and e.phase == "agent")
             # The agent's policy is in force before it runs: its proxy is up.
             await rig.wait_for(lambda e: isinstance(e, TBTaskOutput)

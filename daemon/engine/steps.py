@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from daemon.agents.base import INSTRUCTION_DIR, AgentError, AgentResult
-from daemon.engine.health import wait_healthy
 from daemon.sandbox import Sandbox, SandboxError
 from daemon.sandbox.base import EngineLost
 from daemon.tasks.model import Artifact, StepSpec, TaskSpec
@@ -101,11 +100,9 @@ async def _one_step(run: TaskRun, sandbox: Sandbox, step: StepSpec, mult: float)
             return run._result("error", error=f"workdir/setup.sh timed out after {limit:g}s")
         if done.exit_code != 0:
             return run._result("error", error=f"workdir/setup.sh exited {done.exit_code}")
-    if step.healthcheck is not None:
-        run.progress("setup")
-        failed = await wait_healthy(sandbox, step.healthcheck, run.system)
-        if failed is not None:
-            return run._result("error", error=failed)
+    unhealthy = await run.healthy(sandbox, step.healthcheck)
+    if unhealthy is not None:
+        return unhealthy
     try:
         agent_result, agent_overran = await run._agent_phase(sandbox, mult)
     except AgentError as exc:  # this step could not run: the next ones would not either

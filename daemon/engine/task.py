@@ -21,7 +21,7 @@ from daemon.engine.steps import collect_artifacts, run_steps
 from daemon.engine.verdict import VERIFIER_LOGS, read_ctrf, read_reward, read_rewards
 from daemon.sandbox import Sandbox, SandboxError, SandboxProvider, Stats
 from daemon.sandbox.base import CopiedFiles, EngineLost
-from daemon.tasks.model import NetworkPolicy, TaskSpec
+from daemon.tasks.model import Healthcheck, NetworkPolicy, TaskSpec
 from protocol import TaskResult
 from protocol.events import (
     ContainerStart,
@@ -231,7 +231,8 @@ class TaskRun:
         return result
 
     async def _in_sandbox(self, sandbox: Sandbox, mult: float) -> TaskResult:
-        failed_setup = await self._healthy(sandbox) or await self._setup(sandbox)
+        failed_setup = (await self.healthy(sandbox, self.task.environment.healthcheck)
+                        or await self._setup(sandbox))
         if failed_setup is not None:
             return failed_setup
         if self.task.steps:
@@ -250,10 +251,10 @@ class TaskRun:
         copied = await collect_artifacts(self, sandbox, self.task.artifacts, "artifacts")
         return attrs.evolve(result, artifacts=copied or None)
 
-    async def _healthy(self, sandbox: Sandbox) -> TaskResult | None:
-        """The environment's healthcheck, passed before the agent starts; an error result
-        with its last output if it fails."""
-        healthcheck = self.task.environment.healthcheck
+    async def healthy(self, sandbox: Sandbox,
+                      healthcheck: Healthcheck | None) -> TaskResult | None:
+        """`healthcheck` (the environment's, or a step's) passed before an agent starts; an
+        error result with its last output if it fails."""
         if healthcheck is None:
             return None
         self.emit(TBTaskProgress(run_id=self.run_id, task_id=self.task.id, phase="setup",

@@ -3,8 +3,8 @@
 The loader reads task.toml leniently (newer Harbor versions add keys), which must not mean
 silently: a key it does not know (`[[environment.mcp_servers]]`, `skills_dir`, a typo, a
 section of its own) is named here, and the task warns about it in its system output and in
-its report. Known keys are those of the loader's attrs classes, plus those read elsewhere or
-that only describe the task (QUIET).
+its report. Known keys are those of the loader's attrs classes, plus those that only
+describe the task (QUIET).
 """
 
 from __future__ import annotations
@@ -16,15 +16,9 @@ from typing import Any
 
 import attrs
 
-# Dotted keys not to warn about although the loader's classes do not name them: read by
-# other parts of tbhud (multi-step tasks, artifacts, per-phase network policy), or free-form
+# Dotted keys not to warn about although the loader's classes do not name them all: free-form
 # description (`[metadata]` is arbitrary in Harbor, `[task]` is the registry's package info).
-QUIET = frozenset({
-    "steps", "multi_step_reward_strategy", "artifacts",
-    "agent.network_mode", "agent.allowed_hosts",
-    "verifier.network_mode", "verifier.allowed_hosts",
-    "metadata", "task", "source",
-})
+QUIET = frozenset({"metadata", "task", "source"})
 
 
 def unsupported_keys(data: dict[str, Any], cls: type, prefix: str = "") -> list[str]:
